@@ -1,0 +1,1 @@
+"""Phantom CT generator and dataset readers (torch-free)."""

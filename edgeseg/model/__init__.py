@@ -1,0 +1,1 @@
+"""Model spec (torch-free), SwinUNETR construction, trunk/head split and checkpoint loading (torch)."""

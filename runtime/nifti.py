@@ -1,0 +1,120 @@
+"""Read and write NIfTI scans with checks, keeping the input's header geometry bit for bit."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from edgeseg.runtime.atomic import atomic_path
+from edgeseg.runtime.errors import InputError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti_path(path: str | Path) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+@dataclass
+class Scan:
+    """A 3D volume read from disk: data in the file's own voxel order, affine and header untouched."""
+
+    path: Path
+    data: np.ndarray  # float32 (scaled by scl_slope/inter) or the label's integer values
+    affine: np.ndarray  # 4x4 float64, as nibabel derives it from the header
+    header: nib.Nifti1Header
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)  # type: ignore[return-value]
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+
+
+def _load_image(path: Path) -> nib.Nifti1Image:
+    if not path.exists():
+        raise InputError("file not found", path=path, fix="check the path (relative paths are from the current folder)")
+    if path.is_dir():
+        raise InputError("is a folder, not a NIfTI file", path=path, fix="give a .nii or .nii.gz file")
+    if not is_nifti_path(path):
+        raise InputError("not a NIfTI file name (expected .nii or .nii.gz)", path=path, fix="convert the scan to NIfTI (e.g. dcm2niix)")
+    try:
+        img = nib.load(str(path))
+    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as e:
+        raise InputError(f"cannot be read as NIfTI ({type(e).__name__}: {e})", path=path,
+                         fix="the file is corrupt or truncated: copy it again from the source") from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"is a {type(img).__name__}, not NIfTI", path=path, fix="convert the scan to NIfTI")
+    return img
+
+
+def _as_3d(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
+    # Trailing singleton dimensions (x, y, z, 1) are common and harmless; anything else is not a 3D scan.
+    dims = list(shape)
+    while len(dims) > 3 and dims[-1] == 1:
+        dims.pop()
+    if len(dims) != 3:
+        raise InputError(f"has shape {tuple(shape)}; a 3D volume is needed", path=path,
+                         fix="pass a single 3D CT volume (for a 4D series, extract one volume first)")
+    if min(dims) < 1:
+        raise InputError(f"has an empty axis (shape {tuple(shape)})", path=path, fix="the file holds no voxels: export the scan again")
+    return tuple(dims)  # type: ignore[return-value]
+
+
+def load_scan(path: str | Path, *, label: bool = False) -> Scan:
+    """Read a 3D NIfTI; CT intensities as float32 HU, labels as their stored integers."""
+    path = Path(path)
+    img = _load_image(path)
+    shape3 = _as_3d(img.shape, path)
+    try:
+        data = np.asarray(img.dataobj) if label else img.get_fdata(dtype=np.float32)
+    except (OSError, EOFError, zlib.error, ValueError) as e:
+        raise InputError(f"voxel data cannot be read ({type(e).__name__}: {e})", path=path,
+                         fix="the file is corrupt or truncated: copy it again from the source") from None
+    data = data.reshape(shape3)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)):
+        raise InputError("affine holds NaN or Inf", path=path, fix="repair the header's qform/sform")
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(spacing < 1e-3) or np.any(spacing > 100):
+        raise InputError(f"voxel spacing {tuple(np.round(spacing, 4))} mm is implausible", path=path,
+                         fix="repair the header's pixdim/qform/sform (spacing must be between 0.001 and 100 mm)")
+    if label:
+        if not np.issubdtype(data.dtype, np.integer):
+            if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):
+                raise InputError("label holds non-integer values", path=path, fix="a label must hold integer class values")
+            data = data.astype(np.int32)
+    elif not np.all(np.isfinite(data)):
+        n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
+        raise InputError(f"holds {n_bad} NaN/Inf voxels", path=path, fix="repair the scan (or replace them with -1024 HU, air)")
+    return Scan(path=path, data=data, affine=affine, header=img.header)
+
+
+def save_like(data: np.ndarray, like: Scan, path: str | Path, *, force: bool = False) -> Path:
+    """Write `data` on `like`'s grid with `like`'s header geometry, bit for bit, atomically.
+
+    The header is copied (qform, sform, codes, pixdim, units), so a viewer overlays the output on
+    the input exactly; only dtype and intensity scaling change.
+    """
+    path = Path(path)
+    if tuple(data.shape) != like.shape:
+        raise ValueError(f"output shape {data.shape} differs from the input's {like.shape}")
+    header = like.header.copy()
+    header.set_data_dtype(data.dtype)
+    header.set_data_shape(data.shape)
+    img = type_for(header)(data, None, header=header)
+    img.header.set_slope_inter(1.0, 0.0)
+    with atomic_path(path, force=force) as tmp:
+        nib.save(img, str(tmp))
+    return path
+
+
+def type_for(header) -> type:
+    return nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
