@@ -38,7 +38,7 @@ class Scan:
         return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
 
 
-def _load_image(path: Path) -> nib.Nifti1Image:
+def open_nifti(path: Path) -> nib.Nifti1Image:
     if not path.exists():
         raise InputError("file not found", path=path, fix="check the path (relative paths are from the current folder)")
     if path.is_dir():
@@ -55,7 +55,7 @@ def _load_image(path: Path) -> nib.Nifti1Image:
     return img
 
 
-def _as_3d(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
+def shape_3d(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
     # Trailing singleton dimensions (x, y, z, 1) are common and harmless; anything else is not a 3D scan.
     dims = list(shape)
     while len(dims) > 3 and dims[-1] == 1:
@@ -71,8 +71,8 @@ def _as_3d(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
 def load_scan(path: str | Path, *, label: bool = False) -> Scan:
     """Read a 3D NIfTI; CT intensities as float32 HU, labels as their stored integers."""
     path = Path(path)
-    img = _load_image(path)
-    shape3 = _as_3d(img.shape, path)
+    img = open_nifti(path)
+    shape3 = shape_3d(img.shape, path)
     try:
         data = np.asarray(img.dataobj) if label else img.get_fdata(dtype=np.float32)
     except (OSError, EOFError, zlib.error, ValueError) as e:
