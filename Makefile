@@ -1,0 +1,31 @@
+# Two entry points for a fresh machine: `make demo` and `make test` (see README.md).
+# CI and this Makefile pin the CPU build of torch so that nothing pulls a multi-GB CUDA build;
+# GPU users install CUDA torch themselves (README, "GPU machines").
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.edgeseg-installed
+DEMO   ?= out/demo
+
+.PHONY: setup demo test clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[train,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/edgeseg info
+	$(BIN)/edgeseg phantom --n 4 --seed 0 --spacing 3 --preview --force --out $(DEMO)/phantoms
+	@echo "demo outputs: $(DEMO)/phantoms (preview.png in each case folder)"
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

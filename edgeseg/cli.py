@@ -1,0 +1,219 @@
+"""The `edgeseg` command line.
+
+Heavy modules (torch, monai, onnxruntime, scipy) are imported inside the commands so that
+`edgeseg --help` answers at once. Every command maps a user error to exit code 2 and an internal
+error to 1; with `--json`, errors are printed as JSON too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+
+app = typer.Typer(
+    name="edgeseg",
+    help="Few-shot CT organ segmentation at the clinical edge: export, adapt, fuse, predict, benchmark.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+JSON_OPT = typer.Option(False, "--json", help="Print machine-readable JSON on stdout.")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr)
+
+
+@contextlib.contextmanager
+def _user_errors(as_json: bool) -> Iterator[None]:
+    """Turn edgeseg errors into a clear message and the right exit code; never a traceback for bad input."""
+    from edgeseg.runtime.errors import EdgesegError
+
+    try:
+        yield
+    except EdgesegError as e:
+        if as_json:
+            print(json.dumps(e.to_dict()))
+        else:
+            from rich.markup import escape
+
+            _console(stderr=True).print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
+        raise typer.Exit(e.exit_code) from None
+    except KeyboardInterrupt:
+        _console(stderr=True).print("[yellow]interrupted[/]")
+        raise typer.Exit(130) from None
+
+
+def _parse_spacing(text: Optional[str]) -> Optional[tuple[float, float, float]]:
+    from edgeseg.runtime.errors import InputError
+
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or min(values) <= 0:
+        raise InputError(f"--spacing {text!r} is not one or three positive numbers", fix="e.g. --spacing 3 or --spacing 0.8,0.8,3")
+    return tuple(values)  # type: ignore[return-value]
+
+
+@app.command()
+def info(as_json: bool = JSON_OPT) -> None:
+    """Versions, devices, and which backends are usable here (and why the others are not)."""
+    from edgeseg.info import environment_report
+
+    with _user_errors(as_json):
+        report = environment_report()
+        if as_json:
+            print(json.dumps(report, indent=2))
+            return
+        from rich.markup import escape
+        from rich.table import Table
+
+        con = _console()
+        cpu = report["cpu"]
+        con.print(f"[bold]edgeseg {report['edgeseg']}[/]  python {report['python']}  {report['platform']}")
+        con.print(f"CPU: {cpu['model']}, {cpu['cores']} cores, {cpu['memory_gib']} GiB RAM")
+        libs = "  ".join(f"{k} {v}" for k, v in report["libraries"].items() if v)
+        con.print(f"libraries: {escape(libs)}", highlight=False)
+        table = Table(title="backends")
+        for col in ("backend", "usable", "detail", "to enable"):
+            table.add_column(col)
+        for b in report["backends"]:
+            table.add_row(b["name"], "[green]yes[/]" if b["usable"] else "[red]no[/]", escape(b["detail"]),
+                          "" if b["usable"] else escape(b["install_hint"]))
+        con.print(table)
+
+
+class DomainName(str, Enum):
+    source = "source"
+    target = "target"
+
+
+@app.command()
+def phantom(
+    out: Path = typer.Option(..., "--out", help="Output folder (TotalSegmentator layout: sXXXX/ct.nii.gz, sXXXX/segmentations/)."),
+    n: int = typer.Option(20, "--n", min=1, help="Number of phantom scans."),
+    seed: int = typer.Option(0, "--seed", help="Dataset seed: same seed, same scans, bit for bit."),
+    domain: DomainName = typer.Option(DomainName.source, "--domain", help="Scanner domain: source (pretraining) or target (domain shift)."),
+    spacing: Optional[str] = typer.Option(None, "--spacing", help="Fixed voxel spacing in mm, '3' or '0.8,0.8,3' (default: drawn per scan)."),
+    preview: bool = typer.Option(False, "--preview", help="Also write sXXXX/preview.png (three slices with organ contours)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing cases."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Generate seeded synthetic abdominal CT scans with organ labels."""
+    from rich.progress import Progress
+
+    with _user_errors(as_json):
+        fixed = _parse_spacing(spacing)
+        from edgeseg.data import phantom as ph
+
+        dom = ph.SOURCE if domain is DomainName.source else ph.TARGET
+        with Progress(transient=True, disable=as_json) as bar:
+            task = bar.add_task(f"phantoms ({dom.name})", total=n)
+            cases = ph.write_dataset(out, n, seed, dom, spacing=fixed, force=force,
+                                     progress=lambda i, total: bar.update(task, completed=i))
+        previews = [_write_phantom_preview(case_dir, force=force) for case_dir in cases] if preview else []
+        summary = {"out": str(out), "n": len(cases), "seed": seed, "domain": dom.name,
+                   "cases": [str(c) for c in cases], "previews": [str(p) for p in previews]}
+        if as_json:
+            print(json.dumps(summary, indent=2))
+        else:
+            _console().print(f"wrote {len(cases)} phantom scans ({dom.name} domain, seed {seed}) to [bold]{out}[/]")
+
+
+def _write_phantom_preview(case_dir: Path, *, force: bool) -> Path:
+    from edgeseg.runtime.nifti import load_scan
+    from edgeseg.runtime.png import preview, write_png
+
+    ct = load_scan(case_dir / "ct.nii.gz")
+    masks = {p.name.split(".")[0]: load_scan(p, label=True).data > 0 for p in sorted((case_dir / "segmentations").glob("*.nii.gz"))}
+    target = case_dir / "preview.png"
+    if target.exists() and force:
+        target.unlink()
+    return write_png(target, preview(ct.data, ct.affine, masks))
+
+
+@app.command()
+def checkpoint(
+    path: Path = typer.Argument(..., help="A SwinUNETR checkpoint (.pt/.pth/.safetensors) in any public layout."),
+    spec_file: Optional[Path] = typer.Option(None, "--spec", help="Model spec JSON (default: the file's own, else inferred from the tensors)."),
+    allow_partial: bool = typer.Option(False, "--allow-partial", help="Accept a trunk with missing tensors (e.g. encoder-only SSL weights)."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Load a checkpoint safely (weights only) and report its layout, spec and what was loaded."""
+    with _user_errors(as_json):
+        from edgeseg.model.checkpoint import load_checkpoint, sha256_file
+        from edgeseg.model.spec import ModelSpec
+
+        spec = ModelSpec.from_json(spec_file) if spec_file else None
+        model, spec, report = load_checkpoint(path, spec, allow_partial=allow_partial)
+        params = sum(p.numel() for p in model.parameters())
+        if as_json:
+            print(json.dumps({"report": report.to_dict(), "spec": spec.to_dict(), "parameters": params,
+                              "sha256": sha256_file(path)}, indent=2))
+            return
+        from rich.markup import escape
+
+        con = _console()
+        con.print(escape(report.summary()), highlight=False)
+        con.print(f"model: SwinUNETR feature_size {spec.feature_size}, depths {spec.depths}, "
+                  f"{spec.out_channels} classes, {params:,} parameters", highlight=False)
+
+
+@app.command()
+def dataset(
+    path: Path = typer.Argument(..., help="A TotalSegmentator folder, an nnU-Net/MSD folder (dataset.json) or a CSV of image,label[,organ]."),
+    organ: str = typer.Option(..., "--organ", help="The structure to segment, as the dataset names it."),
+    check: bool = typer.Option(False, "--check", help="Also read every mask: grids match, values valid, organ present."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Say what a dataset holds for one organ: its layout, usable cases, and the cases that lack it."""
+    with _user_errors(as_json):
+        from edgeseg.data.datasets import open_dataset
+        from edgeseg.runtime.errors import InputError
+
+        reader = open_dataset(path, organ, require=False)
+        inv = reader.inventory()
+        problems = [{"case": s.case_id, "path": str(s.path), "reason": s.reason} for s in inv.lacking]
+        usable = []
+        for case in inv.usable:
+            if check:
+                try:
+                    case.load_mask()
+                except InputError as e:
+                    problems.append({"case": case.case_id, "path": e.path, "reason": e.problem})
+                    continue
+            usable.append(case.case_id)
+        result = {"path": str(path), "layout": reader.layout, "organ": reader.organ, "organs": reader.organs(),
+                  "usable": usable, "problems": problems, "checked_masks": check}
+        if as_json:
+            print(json.dumps(result, indent=2))
+            return
+        from rich.markup import escape
+
+        con = _console()
+        con.print(f"{escape(str(path))}: {reader.layout} layout, organ {reader.organ!r}: "
+                  f"{len(usable)} usable case(s){' (masks read)' if check else ''}", highlight=False)
+        for prob in problems:
+            con.print(f"  [yellow]{escape(prob['case'])}[/]: {escape(prob['reason'])}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

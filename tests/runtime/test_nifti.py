@@ -1,0 +1,91 @@
+"""Reading scans: every bad file gets an error naming it and saying what to do; writing is atomic."""
+
+from __future__ import annotations
+
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.nifti import load_scan, save_like
+from tests.conftest import save_nifti
+
+AFF = np.diag([1.5, 1.5, 2.0, 1.0])
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="file not found") as e:
+        load_scan(tmp_path / "nope.nii.gz")
+    assert "nope.nii.gz" in e.value.message and "fix:" in e.value.message
+
+
+def test_not_a_nifti_name(tmp_path):
+    p = tmp_path / "scan.dcm"
+    p.write_bytes(b"DICM")
+    with pytest.raises(InputError, match="not a NIfTI"):
+        load_scan(p)
+
+
+def test_truncated_gzip(tmp_path, real_ct):
+    p = tmp_path / "cut.nii.gz"
+    p.write_bytes(real_ct.read_bytes()[:20000])
+    with pytest.raises(InputError, match="corrupt or truncated") as e:
+        load_scan(p)
+    assert str(p) in e.value.message
+
+
+def test_garbage_with_nifti_name(tmp_path):
+    p = tmp_path / "junk.nii.gz"
+    p.write_bytes(gzip.compress(b"hello, not a header" * 10))
+    with pytest.raises(InputError, match="cannot be read as NIfTI"):
+        load_scan(p)
+
+
+@pytest.mark.parametrize("shape,ok", [((6, 5, 4), True), ((6, 5, 4, 1), True), ((6, 5), False), ((6, 5, 4, 3), False)])
+def test_dimensionality(tmp_path, shape, ok):
+    p = save_nifti(tmp_path / "s.nii.gz", np.zeros(shape, np.int16), AFF)
+    if ok:
+        assert load_scan(p).shape == (6, 5, 4)
+    else:
+        with pytest.raises(InputError, match="3D volume is needed"):
+            load_scan(p)
+
+
+def test_nan_voxels_are_refused(tmp_path):
+    data = np.zeros((4, 4, 4), np.float32)
+    data[1, 2, 3] = np.nan
+    with pytest.raises(InputError, match="1 NaN/Inf voxels"):
+        load_scan(save_nifti(tmp_path / "nan.nii.gz", data, AFF))
+
+
+def test_scaled_integers_are_read_in_hu(tmp_path):
+    img = nib.Nifti1Image(np.array([[[0, 10]]], np.int16), AFF)
+    img.header.set_slope_inter(2.0, -1024.0)
+    nib.save(img, str(tmp_path / "scaled.nii.gz"))
+    scan = load_scan(tmp_path / "scaled.nii.gz")
+    assert scan.data.dtype == np.float32
+    np.testing.assert_array_equal(scan.data.ravel(), [-1024.0, -1004.0])
+
+
+def test_zero_spacing_is_refused(tmp_path):
+    hdr = nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), AFF).header.copy()
+    hdr["srow_z"] = [0.0, 0.0, 0.0, 5.0]  # a collapsed slice axis, as some broken exporters write
+    hdr["qform_code"] = 0
+    hdr["sform_code"] = 1
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), None, header=hdr), str(tmp_path / "z.nii.gz"))
+    with pytest.raises(InputError, match="implausible"):
+        load_scan(tmp_path / "z.nii.gz")
+
+
+def test_save_like_refuses_overwrite_and_leaves_no_temporary(tmp_path, real_ct):
+    scan = load_scan(real_ct)
+    mask = np.zeros(scan.shape, np.uint8)
+    out = save_like(mask, scan, tmp_path / "mask.nii.gz")
+    with pytest.raises(InputError, match="--force"):
+        save_like(mask, scan, out)
+    mask[0, 0, 0] = 1
+    save_like(mask, scan, out, force=True)
+    assert np.asarray(nib.load(str(out)).dataobj)[0, 0, 0] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz"]

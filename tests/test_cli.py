@@ -1,0 +1,47 @@
+"""The command line: fast help, honest `info`, exit codes that tell bad input (2) from bugs (1)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from edgeseg.cli import app
+
+runner = CliRunner()
+
+
+def test_help_imports_no_heavy_module():
+    # `edgeseg --help` must answer at once: the heavy modules are imported inside the commands.
+    code = (
+        "import sys; from typer.testing import CliRunner; from edgeseg.cli import app;"
+        "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'onnxruntime', 'onnx', 'scipy', 'nibabel'});"
+        "print(heavy)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_info_json_lists_every_backend_with_a_reason():
+    result = runner.invoke(app, ["info", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    backends = {b["name"]: b for b in report["backends"]}
+    assert set(backends) == {"torch-cpu", "torch-cuda", "ort-cpu", "ort-cuda", "ort-tensorrt", "openvino", "tensorrt"}
+    assert backends["ort-cpu"]["usable"] is True
+    for b in backends.values():
+        assert b["detail"]
+        if not b["usable"]:
+            assert b["install_hint"], b
+    assert report["libraries"]["numpy"]
+
+
+def test_bad_option_value_is_exit_code_2_with_json_error(tmp_path):
+    result = runner.invoke(app, ["phantom", "--out", str(tmp_path), "--n", "1", "--spacing", "abc", "--json"])
+    assert result.exit_code == 2
+    err = json.loads(result.output)
+    assert err["error"] == "InputError" and "--spacing" in err["problem"] and err["fix"]
