@@ -1,4 +1,4 @@
-"""Shared fixtures: the real CT in tests/assets and small synthetic NIfTI builders."""
+"""Shared fixtures: the real CT shipped in edgeseg/assets and small synthetic NIfTI builders."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-ASSETS = Path(__file__).parent / "assets"
-REAL_CT = ASSETS / "example_ct_sm.nii.gz"
-REAL_BODY = ASSETS / "example_ct_sm_body.nii.gz"
+from edgeseg.assets import EXAMPLE_CT as REAL_CT
+from edgeseg.assets import EXAMPLE_CT_BODY as REAL_BODY
 
 
 @pytest.fixture
