@@ -1,0 +1,95 @@
+"""Every artifact folder (trunk engine, feature cache, adapter, fused engine) carries `manifest.json`.
+
+It says what produced the artifact (checkpoint hash, specs, library versions, device), lists its
+files with their sha256, records the parity numbers measured when it was made, and holds a hash of
+itself so an edit by hand is detected. Consumers read it through `read_manifest`, which checks all
+of that and refuses a mismatch with a message that says what differs and how to rebuild.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+from pathlib import Path
+
+from edgeseg.runtime.atomic import write_text_atomic
+from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.host import host_description
+
+MANIFEST_NAME = "manifest.json"
+SELF_HASH_KEY = "manifest_sha256"
+VERSIONED_LIBRARIES = ("edgeseg", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript", "torch", "monai",
+                       "openvino", "tensorrt", "nibabel", "scipy")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _canonical(d: dict) -> bytes:
+    return json.dumps(d, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def content_hash(manifest: dict) -> str:
+    """Hash of the manifest without its self-hash: what a consumer records to name its input."""
+    return hashlib.sha256(_canonical({k: v for k, v in manifest.items() if k != SELF_HASH_KEY})).hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    from edgeseg.runtime.availability import module_version
+
+    return {name: module_version(name) for name in VERSIONED_LIBRARIES}
+
+
+def file_entry(path: Path) -> dict:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def write_manifest(folder: str | Path, kind: str, body: dict, files: list[str | Path], *, force: bool = False) -> dict:
+    """Write `folder/manifest.json` for an artifact of `kind` whose files (relative to folder) are `files`."""
+    folder = Path(folder)
+    manifest = {
+        "kind": kind,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "libraries": library_versions(),
+        "host": host_description(),
+        **body,
+        "files": {str(Path(f)): file_entry(folder / f) for f in files},
+    }
+    manifest[SELF_HASH_KEY] = content_hash(manifest)
+    write_text_atomic(folder / MANIFEST_NAME, json.dumps(manifest, indent=2, default=str) + "\n", force=force)
+    return manifest
+
+
+def read_manifest(folder: str | Path, kind: str, *, verify_files: bool = True, rebuild: str = "") -> dict:
+    """Read and check an artifact's manifest: kind, self-hash, and (optionally) every file's sha256."""
+    folder = Path(folder)
+    path = folder / MANIFEST_NAME
+    fix = rebuild or "rebuild the artifact with the edgeseg command that made it"
+    if not folder.is_dir():
+        raise InputError(f"is not an edgeseg {kind} folder (no such folder)", path=folder, fix=fix)
+    if not path.exists():
+        raise InputError(f"has no {MANIFEST_NAME}: not an edgeseg {kind}, or an unfinished one", path=folder, fix=fix)
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"is not valid JSON ({e})", path=path, fix=fix) from None
+    if manifest.get("kind") != kind:
+        raise InputError(f"describes a {manifest.get('kind')!r}, not a {kind!r}", path=path,
+                         fix=f"pass the folder of a {kind}")
+    if manifest.get(SELF_HASH_KEY) != content_hash(manifest):
+        raise InputError("was edited after it was written (its self-hash does not match)", path=path,
+                         fix=f"{fix}; manifests record what produced an artifact and must not be edited by hand")
+    if verify_files:
+        for name, entry in manifest.get("files", {}).items():
+            f = folder / name
+            if not f.exists():
+                raise InputError(f"lists {name}, which is missing", path=path, fix=fix)
+            if f.stat().st_size != entry["bytes"] or sha256_file(f) != entry["sha256"]:
+                raise InputError(f"{name} differs from the file this manifest recorded (size or sha256)", path=f, fix=fix)
+    return manifest
