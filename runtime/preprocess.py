@@ -209,3 +209,20 @@ def check_same_grid(image: Scan, label: Scan, *, atol_mm: float = 1e-3) -> None:
             f"label affine differs from the image's ({image.path}) by up to {diff:.4g} mm", path=label.path,
             fix="resample the label onto the image grid, or pair it with the right image",
         )
+
+
+def crop_window(volume: np.ndarray, center: tuple[int, int, int], size: tuple[int, int, int],
+                pad_value: float = 0.0) -> np.ndarray:
+    """The `size` window of `volume` centred on voxel `center`, padded with `pad_value` where it leaves the volume.
+
+    Zero padding on the [0, 1] scale (= spec.hu_min), as the sliding window pads.
+    """
+    out = np.full(size, pad_value, dtype=volume.dtype)
+    src, dst = [], []
+    for c, s, n in zip(center, size, volume.shape):
+        start = int(c) - s // 2
+        lo, hi = max(start, 0), min(start + s, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    out[tuple(dst)] = volume[tuple(src)]
+    return out

@@ -510,3 +510,17 @@ def _unpickler_reason(message: str) -> str:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0][:200] if text else "no message"
+
+
+def file_spec(path: str | Path) -> ModelSpec:
+    """The spec a checkpoint carries (safetensors metadata) or that its tensors tell; the base for overrides."""
+    path = Path(path)
+    raw = read_checkpoint(path)
+    spec = _spec_from_metadata(raw, path)
+    if spec is not None:
+        return spec
+    mapped, _, _ = map_keys(raw.tensors, _detect(raw).ignore, path=path)
+    try:
+        return infer_spec(mapped)
+    except InputError as e:
+        raise InputError(e.problem, path=path, fix=e.fix) from None

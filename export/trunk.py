@@ -1,0 +1,252 @@
+"""`edgeseg export`: checkpoint -> trunk graphs (ONNX fp32, mixed fp16, optional TensorRT plan) + manifest.
+
+Parity is part of export: each graph is run against PyTorch fp32 on a random window, a window of
+the real CT shipped with edgeseg and a phantom window; a miss keeps the graph under a `.rejected`
+name with its report and fails the export. Nothing is called a trunk until `manifest.json` is
+written, last, listing every file with its sha256.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from edgeseg.export.parity import ParityReport, compare
+from edgeseg.runtime.atomic import write_text_atomic
+from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.manifest import MANIFEST_NAME, sha256_file, write_manifest
+
+TRUNK_KIND = "trunk"
+PRECISIONS = ("fp32", "fp16")
+Log = Callable[[str], None]
+
+
+def graph_name(precision: str) -> str:
+    return f"trunk.{precision}.onnx"
+
+
+# --- parity inputs and references ---------------------------------------------------------------
+
+
+def parity_inputs(model_spec, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """Named (1, C, D, H, W) float32 windows: random, the shipped real CT, a phantom around its liver."""
+    from edgeseg.assets import EXAMPLE_CT
+    from edgeseg.data.phantom import SOURCE, generate_case
+    from edgeseg.runtime.nifti import Scan
+    from edgeseg.runtime.preprocess import crop_window, preprocess, preprocess_scan, to_model_grid
+
+    pre = model_spec.preprocess
+    window = pre.window
+    c = model_spec.in_channels
+    rng = np.random.default_rng(seed)
+    inputs = {"random": rng.random((1, c, *window), dtype=np.float32)}
+
+    real = preprocess(EXAMPLE_CT, pre).image
+    inputs["real_ct"] = _as_batch(crop_window(real, tuple(s // 2 for s in real.shape), window), c)
+
+    case = generate_case(seed, SOURCE, spacing=pre.spacing)
+    import nibabel as nib
+
+    prepared = preprocess_scan(Scan(Path("phantom"), case.ct.astype(np.float32), case.affine, nib.Nifti1Header()), pre)
+    liver = to_model_grid(case.labels["liver"], prepared.transform, order=0)
+    centre = tuple(int(v) for v in np.argwhere(liver).mean(0)) if liver.any() else tuple(s // 2 for s in liver.shape)
+    inputs["phantom"] = _as_batch(crop_window(prepared.image, centre, window), c)
+    return inputs
+
+
+def _as_batch(window: np.ndarray, channels: int) -> np.ndarray:
+    return np.array(np.broadcast_to(window, (1, channels, *window.shape)), dtype=np.float32)  # a writable copy
+
+
+def torch_outputs(trunk, inputs: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, ...]]:
+    """PyTorch fp32 eager outputs of the trunk: the reference every export is held to."""
+    import torch
+
+    out = {}
+    with torch.inference_mode():
+        for name, x in inputs.items():
+            y = trunk(torch.from_numpy(x))
+            out[name] = tuple(t.numpy().copy() for t in (y if isinstance(y, tuple) else (y,)))
+    return out
+
+
+def mask_function(head) -> Callable[[Sequence[np.ndarray]], np.ndarray]:
+    """Trunk outputs -> the head's masks (logit > 0, i.e. sigmoid > 0.5), computed in torch fp32."""
+    import torch
+
+    def masks(outputs: Sequence[np.ndarray]) -> np.ndarray:
+        with torch.inference_mode():
+            logits = head(*[torch.from_numpy(np.ascontiguousarray(o, dtype=np.float32)) for o in outputs])
+        return (logits > 0).numpy()
+
+    return masks
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def _reject(out: Path, files: Sequence[Path], report: ParityReport) -> None:
+    """Keep a failed artifact for inspection under a `.rejected` name, with its report beside it."""
+    for f in files:
+        if f.exists():
+            f.replace(f.with_name(f.name + ".rejected"))
+    write_text_atomic(out / f"{Path(report.artifact).name}.parity.rejected.json",
+                      json.dumps(report.to_dict(), indent=2), force=True)
+
+
+def check_graph(path: Path, precision: str, inputs, reference, masks, *, threads: int | None,
+                files: Sequence[Path]) -> ParityReport:
+    """Run graph `path` in ONNX Runtime CPU on the parity inputs; reject it (and raise) on a miss."""
+    from edgeseg.runtime.backends import open_backend
+
+    backend = open_backend("ort", path, precision=precision, device="cpu", threads=threads)
+    with backend:
+        got = {name: backend.predict(x) for name, x in inputs.items()}
+    report = compare(reference, got, masks, artifact=path.name, backend="ort-cpu", precision=precision)
+    if not report.passed:
+        _reject(path.parent, files, report)
+        report.raise_if_failed(fix="the graph is kept under a .rejected name with its report; check the checkpoint "
+                               "and the exporter versions, or report the numbers")
+    return report
+
+
+def export_trunk(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    cut: str = "decoder1",
+    precisions: Sequence[str] = PRECISIONS,
+    max_batch: int = 4,
+    tensorrt: bool = False,
+    spec=None,
+    allow_partial: bool = False,
+    threads: int | None = None,
+    force: bool = False,
+    log: Log = lambda msg: None,
+) -> dict:
+    """Export the trunk of `checkpoint` into folder `out`; returns the manifest written there."""
+    import torch
+
+    from edgeseg.export.fp16 import to_mixed_fp16
+    from edgeseg.export.onnx import ExportSpec, export_trunk_onnx
+    from edgeseg.model.checkpoint import load_checkpoint
+    from edgeseg.model.swinunetr import split
+
+    precisions = tuple(dict.fromkeys(precisions))
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise InputError(f"--precision {','.join(precisions) or '(none)'}: choose from {', '.join(PRECISIONS)}",
+                         fix="e.g. --precision fp32,fp16")
+    if tensorrt and "fp16" not in precisions:
+        raise InputError("--tensorrt builds from the mixed fp16 graph", fix="add fp16 to --precision")
+    out = Path(out)
+    if (out / MANIFEST_NAME).exists() and not force:
+        raise InputError("already holds an exported trunk", path=out, fix="pass --force to replace it, or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    t0 = time.perf_counter()
+    model, model_spec, load_report = load_checkpoint(checkpoint, spec, allow_partial=allow_partial)
+    ckpt_sha = sha256_file(checkpoint)
+    timings["load_checkpoint"] = time.perf_counter() - t0
+    log(load_report.summary())
+    export_spec = ExportSpec.for_model(model_spec, cut=cut, max_batch=max_batch)
+    trunk, head = split(model, cut)
+    if not load_report.head_loaded:
+        # No trained head: flips are measured through a fixed random 1x1x1 head (seeded, reproducible).
+        torch.manual_seed(0)
+        model.out.conv.conv.reset_parameters()
+        log("no head in the checkpoint: mask flips measured through a fixed random head (seed 0)")
+
+    t0 = time.perf_counter()
+    inputs = parity_inputs(model_spec)
+    reference = torch_outputs(trunk, inputs)
+    masks = mask_function(head)
+    timings["parity_reference"] = time.perf_counter() - t0
+
+    graphs: dict[str, dict] = {}
+    files: list[Path] = []
+    fp32_path = out / graph_name("fp32")
+    log(f"exporting {cut} trunk to ONNX ({export_spec.window}, batch 1..{max_batch}) ...")
+    result = export_trunk_onnx(trunk, export_spec, fp32_path, force=force)
+    timings["export_fp32"] = result.seconds
+    fp32_files = [result.path] + ([result.data_path] if result.data_path else [])
+    for precision in precisions:
+        if precision == "fp32":
+            path, these, meta = result.path, fp32_files, result.to_dict()
+        else:
+            t0 = time.perf_counter()
+            fp16 = to_mixed_fp16(fp32_path, out / graph_name("fp16"), force=force)
+            timings["convert_fp16"] = time.perf_counter() - t0
+            path = Path(fp16.path)
+            these = [path] + ([Path(fp16.data_path)] if getattr(fp16, "data_path", None) else [])
+            meta = fp16.to_dict()
+        log(f"parity of {path.name} (ONNX Runtime CPU vs PyTorch fp32) ...")
+        t0 = time.perf_counter()
+        report = check_graph(path, precision, inputs, reference, masks, threads=threads, files=these)
+        timings[f"parity_{precision}"] = time.perf_counter() - t0
+        for line in report.lines():
+            log(line)
+        graphs[precision] = {"file": path.name, "export": _relative(meta, out), "parity": report.to_dict()}
+        files += these
+    if "fp32" not in precisions:  # the fp32 graph was only the source of the fp16 one
+        for f in fp32_files:
+            f.unlink()
+
+    engines = {}
+    if tensorrt:
+        engines = _build_tensorrt(out, out / graph_name("fp16"), max_batch, inputs, reference, masks, log, force, timings)
+        files += [out / e["file"] for e in engines.values()]
+
+    body = {
+        "checkpoint": {"path": str(Path(checkpoint).resolve()), "sha256": ckpt_sha, "load_report": load_report.to_dict()},
+        "model_spec": model_spec.to_dict(),
+        "export_spec": export_spec.to_dict(),
+        "preprocess": model_spec.preprocess.to_dict(),
+        "preprocess_sha256": model_spec.preprocess.sha256(),
+        "cut": cut,
+        "io": {"input": "image", "outputs": list(export_spec.output_names)},
+        "graphs": graphs,
+        "engines": engines,
+        "parity_inputs": sorted(inputs),
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+    return write_manifest(out, TRUNK_KIND, body, [f.relative_to(out) for f in files], force=True)
+
+
+def _relative(meta: dict, out: Path) -> dict:
+    """File paths in the manifest are relative to the artifact folder, so the folder can move."""
+    fixed = dict(meta)
+    for key in ("path", "data_path", "src"):
+        if fixed.get(key):
+            fixed[key] = Path(fixed[key]).name
+    return fixed
+
+
+def _build_tensorrt(out: Path, fp16_path: Path, max_batch: int, inputs, reference, masks, log: Log, force: bool,
+                    timings: dict) -> dict:
+    from edgeseg.export.tensorrt import build_engine, engine_key, plan_name
+    from edgeseg.runtime.backends import open_backend
+
+    key, key_text = engine_key()
+    plan = out / plan_name(key)
+    log(f"building TensorRT engine {plan.name} (strongly typed, from the fp16 graph) ...")
+    build = build_engine(fp16_path, plan, min_batch=1, opt_batch=max_batch, max_batch=max_batch,
+                         timing_cache_path=out / f"timing.{key_text}.cache", force=force)
+    timings["build_tensorrt"] = build.seconds
+    backend = open_backend("tensorrt", plan, manifest_key=key)
+    with backend:
+        got = {name: backend.predict(x) for name, x in inputs.items()}
+    report = compare(reference, got, masks, artifact=plan.name, backend="tensorrt", precision="fp16")
+    for line in report.lines():
+        log(line)
+    if not report.passed:
+        _reject(out, [plan], report)
+        report.raise_if_failed(fix="the engine is kept under a .rejected name with its report")
+    entry = build.to_dict()
+    entry["plan_path"] = plan.name
+    return {key_text: {"file": plan.name, "key": key, "build": entry, "parity": report.to_dict()}}
