@@ -15,9 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import re
-import resource
 import subprocess
 import sys
 import tempfile
@@ -27,35 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine_tag, peak_rss_gib  # noqa: E402
 
-
-def machine_tag() -> str:
-    """e.g. 'cpu-amd-epyc-2c': CPU vendor and model, cores (the GPU, when one is used, is named by the caller)."""
-    from edgeseg.runtime.host import cpu_model
-
-    model = cpu_model().lower()
-    model = re.sub(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@.*$|\d+-core", " ", model)
-    slug = re.sub(r"[^a-z0-9]+", "-", model).strip("-")
-    slug = "-".join(slug.split("-")[:4]) or "unknown"
-    return f"cpu-{slug}-{os.cpu_count()}c"
-
-
-def rel_l2(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def peak_rss_gib() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across fork/exec)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 2**20, 2)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+from edgeseg.export.parity import rel_l2  # noqa: E402
 
 
 def ort_worker(graph: str, x_path: str, y_path: str, threads: int) -> None:
@@ -194,8 +166,8 @@ def main(argv: list[str] | None = None) -> dict:
             "torchscript_exporter": ts,
             "fp16": {k: v for k, v in f16.to_dict().items() if k not in ("src", "path", "data_path")},
             "onnxruntime_cpu": {
-                "fp32": {**ort32, "rel_l2_vs_torch": rel_l2(y32, ref)},
-                "fp16": {**ort16, "rel_l2_vs_torch": rel_l2(y16, ref), "rel_l2_vs_fp32": rel_l2(y16, y32)},
+                "fp32": {**ort32, "rel_l2_vs_torch": rel_l2(ref, y32)},
+                "fp16": {**ort16, "rel_l2_vs_torch": rel_l2(ref, y16), "rel_l2_vs_fp32": rel_l2(y32, y16)},
             },
             "peak_rss_gib_main_process": peak_rss_gib(),
         }
