@@ -8,6 +8,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from edgeseg.runtime.errors import InputError
 
 from edgeseg.data.datasets import (
     Case,
@@ -17,7 +18,6 @@ from edgeseg.data.datasets import (
     TotalSegmentatorReader,
     open_dataset,
 )
-from edgeseg.runtime.errors import InputError
 
 SHAPE = (8, 8, 8)
 # A real, non-trivial affine: anisotropic spacing, an axis flip and an offset.

@@ -9,6 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from edgeseg.runtime.errors import InputError
 from scipy import ndimage
 
 from edgeseg.data.phantom import (
@@ -22,7 +23,6 @@ from edgeseg.data.phantom import (
     label_map,
     write_dataset,
 )
-from edgeseg.runtime.errors import InputError
 
 COARSE = (5.0, 5.0, 5.0)
 WHOLE = (-280.0, 230.0)  # reference z range holding every organ

@@ -12,35 +12,26 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
+from edgeseg.export.fp16 import to_mixed_fp16
+from edgeseg.export.onnx import (
+    ExportSpec,
+    export_trunk_onnx,
+    inspect_onnx,
+    save_ir_model,
+)
+from edgeseg.runtime.errors import InputError
 from onnx import TensorProto, helper
 
-from edgeseg.export.fp16 import to_mixed_fp16
-from edgeseg.export.onnx import ExportSpec, export_trunk_onnx, inspect_onnx, save_ir_model
-from edgeseg.model.spec import TINY_TEST_SPEC, ModelSpec
 from edgeseg.model.swinunetr import build_swinunetr, split
-from edgeseg.runtime.errors import InputError
-from edgeseg.runtime.preprocess import PreprocessSpec
+from tests.helpers import TINY, ort_session, rel_l2
 
 torch.set_num_threads(2)
 
-TINY = ModelSpec(**TINY_TEST_SPEC, out_channels=3, class_names=("a", "b", "c"), preprocess=PreprocessSpec(window=(64, 64, 64)))
 WINDOW = (64, 64, 64)
 FP32, FP16 = TensorProto.FLOAT, TensorProto.FLOAT16
 KEPT_FP32 = ("LayerNormalization", "Softmax", "InstanceNormalization")
-
-
-def rel_l2(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +100,8 @@ def test_normalisations_and_softmax_stay_fp32_and_weights_are_fp16(converted):
 
 @pytest.mark.slow
 def test_onnxruntime_cpu_runs_it_close_to_fp32(converted, fp32_graph, x1):
-    y16 = session(converted.path).run(None, {"image": x1})[0]
-    y32 = session(fp32_graph).run(None, {"image": x1})[0]
+    y16 = ort_session(converted.path).run(None, {"image": x1})[0]
+    y32 = ort_session(fp32_graph).run(None, {"image": x1})[0]
     assert y16.dtype == np.float32 and y16.shape == y32.shape == (1, 12, *WINDOW)
     assert np.isfinite(y16).all()
     err = rel_l2(y16, y32)
@@ -140,9 +131,9 @@ def test_external_data_in_and_out(fp32_graph, converted, x1, tmp_path, monkeypat
     assert ext.data_path == tmp_path / "ext" / "t16.onnx.data" and ext.data_path.exists()
     moved = Path(shutil.move(tmp_path / "ext", tmp_path / "moved")) / "t16.onnx"
     monkeypatch.chdir(tmp_path / "inline")
-    ref = session(converted.path).run(None, {"image": x1})[0]
+    ref = ort_session(converted.path).run(None, {"image": x1})[0]
     for path in (moved, inline.path):
-        assert np.array_equal(session(path.resolve()).run(None, {"image": x1})[0], ref)
+        assert np.array_equal(ort_session(path.resolve()).run(None, {"image": x1})[0], ref)
 
 
 def test_refusals(tmp_path):
@@ -218,7 +209,7 @@ def test_pass_rules_on_a_small_graph(tmp_path):
     assert result.nodes_by_dtype == {"float16": 4, "float32": 8}
     assert result.fp32_op_types == ["Add", "Div", "Pow", "ReduceMean", "Sqrt", "Sub"]
     x = np.random.default_rng(1).standard_normal((4, 4)).astype(np.float32)
-    got = session(dst).run(None, {"x": x})
-    want = session(src).run(None, {"x": x})
+    got = ort_session(dst).run(None, {"x": x})
+    want = ort_session(src).run(None, {"x": x})
     for g, w in zip(got, want):
         assert g.dtype == np.float32 and rel_l2(g, w) < 1e-2

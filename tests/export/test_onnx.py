@@ -15,21 +15,25 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import torch
-
 from edgeseg.export.onnx import (
-    EXPORTER_REASON, ExportSpec, check_onnx_io, data_path_for, export_trunk_onnx, inspect_onnx, save_ir_model,
+    EXPORTER_REASON,
+    ExportSpec,
+    check_onnx_io,
+    data_path_for,
+    export_trunk_onnx,
+    inspect_onnx,
+    save_ir_model,
 )
-from edgeseg.model.spec import CUTS, TINY_TEST_SPEC, ModelSpec
-from edgeseg.model.swinunetr import build_swinunetr, split
 from edgeseg.runtime.errors import InputError
-from edgeseg.runtime.preprocess import PreprocessSpec
+
+from edgeseg.model.spec import CUTS
+from edgeseg.model.swinunetr import build_swinunetr, split
+from tests.helpers import TINY, ort_session, rel_l2
 
 torch.set_num_threads(2)
 
-TINY = ModelSpec(**TINY_TEST_SPEC, out_channels=3, class_names=("a", "b", "c"), preprocess=PreprocessSpec(window=(64, 64, 64)))
 WINDOW = (64, 64, 64)
 EXTERNAL_CUT = "pre-decoder1"  # exported through the external-data branch
 
@@ -54,17 +58,6 @@ def cached_export(base: Path, cut: str, model: torch.nn.Module | None = None) ->
     else:
         result = json.loads((folder.parent / f"{cut}.result.json").read_text())
     return path, result
-
-
-def rel_l2(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
-def session(path: Path) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 2
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +137,7 @@ def test_refuses_to_overwrite_without_force(model, tmp_path):
 @pytest.mark.parametrize("cut", CUTS)
 def test_onnxruntime_matches_torch_at_batch_1_and_3(exported, x3, torch_out, cut):
     path, _ = exported[cut]
-    sess = session(path)
+    sess = ort_session(path)
     y3 = sess.run(None, {"image": x3})
     y1 = sess.run(None, {"image": x3[1:2]})  # the same graph at another batch size
     assert [y.shape[0] for y in y3] == [3] * len(y3) and [y.shape[0] for y in y1] == [1] * len(y1)
@@ -181,7 +174,7 @@ def test_graph_io_opset_and_ops(exported, cut):
 def test_another_spatial_size_is_refused(exported):
     path, _ = exported["decoder1"]
     with pytest.raises(Exception, match="(?i)invalid dimensions|dimension"):
-        session(path).run(None, {"image": np.zeros((1, 1, 96, 96, 96), np.float32)})
+        ort_session(path).run(None, {"image": np.zeros((1, 1, 96, 96, 96), np.float32)})
     with pytest.raises(InputError) as e:
         check_onnx_io(path, (96, 96, 96), "decoder1")
     assert "(64, 64, 64)" in e.value.problem and "(96, 96, 96)" in e.value.problem
@@ -227,7 +220,7 @@ def test_external_data_graph_moves_and_loads_from_any_cwd(exported, x3, torch_ou
     monkeypatch.chdir(elsewhere)
     assert inspect_onnx(moved)["external_files"] == ["trunk.onnx.data"]
     onnx.checker.check_model(str(moved))
-    y = session(moved.resolve()).run(None, {"image": x3[:1]})
+    y = ort_session(moved.resolve()).run(None, {"image": x3[:1]})
     for got, ref in zip(y, torch_out[EXTERNAL_CUT]):
         assert rel_l2(got, ref[:1]) <= 1e-4
     assert os.listdir(elsewhere) == []

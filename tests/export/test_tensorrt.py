@@ -6,7 +6,6 @@ import json
 import re
 
 import pytest
-
 from edgeseg.export.tensorrt import (
     build_engine,
     check_engine_key,
@@ -16,8 +15,13 @@ from edgeseg.export.tensorrt import (
     key_string,
     plan_name,
 )
-from edgeseg.runtime.backends.tensorrt import half_fraction, layer_precisions, precision_label
+from edgeseg.runtime.backends.tensorrt import (
+    half_fraction,
+    layer_precisions,
+    precision_label,
+)
 from edgeseg.runtime.errors import BackendUnavailable, InputError
+
 from tests.skips import requires_trt, trt_missing
 
 REBUILD = "edgeseg export CHECKPOINT --out DIR --tensorrt"

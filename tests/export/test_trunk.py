@@ -7,18 +7,23 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from edgeseg.cli import app
 from edgeseg.export import parity
 from edgeseg.export.parity import ParityError, Tolerance
-from edgeseg.export.trunk import check_graph, mask_function, parity_inputs, torch_outputs
-from edgeseg.model.checkpoint import load_checkpoint, save_checkpoint
-from edgeseg.model.spec import CUTS, TINY_TEST_SPEC, ModelSpec
-from edgeseg.model.swinunetr import build_swinunetr, split
+from edgeseg.export.trunk import (
+    check_graph,
+    mask_function,
+    parity_inputs,
+    torch_outputs,
+)
 from edgeseg.runtime.backends import open_backend
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.preprocess import PreprocessSpec
+from typer.testing import CliRunner
+
+from edgeseg.cli import app
+from edgeseg.model.checkpoint import load_checkpoint, save_checkpoint
+from edgeseg.model.spec import CUTS, TINY_TEST_SPEC, ModelSpec
+from edgeseg.model.swinunetr import build_swinunetr, split
 
 SPEC = ModelSpec(**TINY_TEST_SPEC, out_channels=3, class_names=("liver", "spleen", "kidney_left"),
                  preprocess=PreprocessSpec(window=(64, 64, 64)))

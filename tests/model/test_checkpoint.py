@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from edgeseg.runtime.errors import InputError
 
 from edgeseg.model.checkpoint import (
     CONTAINER_KEYS,
@@ -23,12 +24,10 @@ from edgeseg.model.checkpoint import (
 )
 from edgeseg.model.spec import TINY_TEST_SPEC, UNIVERSAL_CLASSES, ModelSpec
 from edgeseg.model.swinunetr import build_swinunetr, split
-from edgeseg.runtime.errors import InputError
-from edgeseg.runtime.preprocess import PreprocessSpec
+from tests.helpers import TINY
 
 torch.set_num_threads(2)
 
-TINY = ModelSpec(**TINY_TEST_SPEC, out_channels=3, class_names=("a", "b", "c"), preprocess=PreprocessSpec(window=(64, 64, 64)))
 TINY29 = ModelSpec(**TINY_TEST_SPEC, out_channels=29)  # FSEFT's 29-class head on a tiny trunk
 
 # What the CLIP-Driven Universal Model / SuPreM files carry beside the SwinUNETR backbone.

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from edgeseg.runtime.errors import InputError
 
 from edgeseg.model.spec import CUTS, TINY_TEST_SPEC, ModelSpec
-from edgeseg.model.swinunetr import Head, Trunk, build_swinunetr, count_params, feature_shapes, split
-from edgeseg.runtime.errors import InputError
-from edgeseg.runtime.preprocess import PreprocessSpec
+from edgeseg.model.swinunetr import (
+    Head,
+    Trunk,
+    build_swinunetr,
+    count_params,
+    feature_shapes,
+    split,
+)
+from tests.helpers import TINY
 
 torch.set_num_threads(2)
 
-TINY = ModelSpec(**TINY_TEST_SPEC, out_channels=3, class_names=("a", "b", "c"), preprocess=PreprocessSpec(window=(64, 64, 64)))
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,12 @@ with the reason, through tests/skips.py, and run wherever a GPU (and TensorRT) i
 from __future__ import annotations
 
 import copy
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
-
-from edgeseg.model.spec import TINY_TEST_SPEC, ModelSpec
-from edgeseg.model.swinunetr import build_swinunetr, split
 from edgeseg.runtime.backends import (
     PREFERENCE,
     Candidate,
@@ -31,7 +24,10 @@ from edgeseg.runtime.backends import (
 from edgeseg.runtime.backends.openvino import ran_precision
 from edgeseg.runtime.backends.ort import OrtBackend, inspect_graph
 from edgeseg.runtime.errors import BackendUnavailable, InputError
-from edgeseg.runtime.preprocess import PreprocessSpec
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeseg.model.swinunetr import build_swinunetr, split
+from tests.helpers import TINY, rel_l2, run_without_torch
 from tests.skips import (
     openvino_marks,
     openvino_missing,
@@ -46,17 +42,12 @@ from tests.skips import (
 WINDOW = (64, 64, 64)
 
 
-def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
-
-
 # --- fixtures --------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny trunk, its fp32 ONNX export (batch dynamic), one input window and torch eager's features."""
     torch.manual_seed(0)
-    spec = ModelSpec(**TINY_TEST_SPEC, out_channels=3, class_names=("a", "b", "c"), preprocess=PreprocessSpec(window=WINDOW))
+    spec = TINY
     trunk, _ = split(build_swinunetr(spec).eval(), "decoder1")
     x = torch.rand(1, 1, *WINDOW)
     path = tmp_path_factory.mktemp("tiny") / "trunk.fp32.onnx"
@@ -377,20 +368,7 @@ def test_choose_backend_with_nothing_usable_lists_every_reason(dummy_plan):
 
 
 def test_backends_import_and_run_without_torch(toy):
-    block = textwrap.dedent(
-        """
-        import importlib.abc, sys
-
-        class NoTorch(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {"torch", "monai", "torchvision", "einops"}:
-                    raise ModuleNotFoundError(f"{name} is blocked")
-                return None
-
-        sys.meta_path.insert(0, NoTorch())
-        """
-    )
-    code = block + textwrap.dedent(
+    proc = run_without_torch(
         f"""
         import numpy as np
         import edgeseg.runtime.backends.torch, edgeseg.runtime.backends.tensorrt, edgeseg.runtime.backends.openvino
@@ -407,7 +385,7 @@ def test_backends_import_and_run_without_torch(toy):
         print("OK", out.shape)
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+
     assert proc.returncode == 0, proc.stderr
     assert "OK (1, 4, 8, 8, 8)" in proc.stdout
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from edgeseg.runtime.errors import InputError
-from edgeseg.runtime.manifest import MANIFEST_NAME, content_hash, read_manifest, write_manifest
+from edgeseg.runtime.manifest import (
+    MANIFEST_NAME,
+    content_hash,
+    read_manifest,
+    write_manifest,
+)
 
 
 @pytest.fixture

@@ -7,9 +7,9 @@ import gzip
 import nibabel as nib
 import numpy as np
 import pytest
-
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.nifti import load_scan, save_like
+
 from tests.conftest import save_nifti
 
 AFF = np.diag([1.5, 1.5, 2.0, 1.0])

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.png import PALETTE, encode_png, preview, write_png, write_preview
 

@@ -7,9 +7,6 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.nifti import Scan, load_scan, save_like
 from edgeseg.runtime.preprocess import (
@@ -22,6 +19,9 @@ from edgeseg.runtime.preprocess import (
     to_model_grid,
     window_hu,
 )
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from tests.conftest import ellipsoid_world, save_nifti
 
 SPEC = PreprocessSpec()

@@ -2,31 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 
-BLOCK_TORCH = textwrap.dedent(
-    """
-    import importlib.abc, sys
-
-    class NoTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {"torch", "monai", "torchvision", "einops"}:
-                raise ModuleNotFoundError(f"{name} is blocked: the runtime must not need it")
-            return None
-
-    sys.meta_path.insert(0, NoTorch())
-    """
-)
-
-
-def run_without_torch(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)],
-                          capture_output=True, text=True, timeout=120)
+from tests.helpers import run_without_torch
 
 
 def test_blocker_really_blocks_torch():
