@@ -1,0 +1,564 @@
+"""The one sliding-window stitcher for every backend: numpy only, memory-bounded, Gaussian-blended.
+
+MONAI's `sliding_window_inference` idea without torch. Used for feature caching (trunk outputs:
+48 channels at full resolution, or for the `pre-decoder1` cut `enc0` at full and `dec0` at half
+resolution) and for inference (probabilities).
+
+Conventions (every function here follows them):
+
+* Volumes are (C, D, H, W); a window is three voxel counts (wd, wh, ww); `predict` maps a batch
+  (N, C, wd, wh, ww) float32 to one array or a tuple of arrays (N, Co_k, wd/s_k, wh/s_k, ww/s_k):
+  s_k, the output's downsampling factor, is inferred from the first call and must divide the window.
+* Window starts, per axis: stride = max(1, int(window * (1 - overlap))) (as MONAI), starts
+  0, stride, 2 * stride, ... and a last start at padded_size - window, so every voxel is covered.
+* Padding (with `pad_value`; 0.0 is the HU window's lower bound on the [0, 1] scale, as MONAI pads
+  with 0): an axis shorter than the window is padded to the window, floor(diff / 2) voxels before
+  and the rest after (MONAI's split). Nothing is padded on an axis at least as long as the window.
+* Alignment, for downsampled outputs: output cell j at scale s is voxels [s*j, s*j + s) of the
+  volume, so every window must start at a multiple of s on the volume grid. With `align=A` the
+  stride is rounded down to a multiple of A (at least A), the padded size rounded up to a multiple
+  of A (padding after the volume) and the padding before it rounded down to a multiple of A.
+  `align=None` (default) infers A = lcm(s_k) from the first batch: when the plan for A = 1 is not
+  already aligned, the plan is redone once for A; the first batch's windows that the new plan also
+  runs are blended, the others discarded (stats["discarded_windows"]; none when no axis is shorter
+  than the window and the first batch's starts are multiples of A, the usual case). Pass `align=2`
+  up front for a `pre-decoder1` cut to be sure nothing is discarded. A = 1 is MONAI's plan exactly.
+* Output shapes: ceil(n / s) per axis for an axis of n voxels (ceil: the last cell of an odd axis
+  at s = 2 averages the last voxel with one voxel of padding, so every voxel has a coarse parent).
+* Blending: sum(importance * output) / sum(importance) per output, with one Gaussian importance map
+  per scale (`gaussian_importance`), accumulated in float32 and cast to `out_dtype` at the end.
+  Voxels that no run window covers (only possible with `skip`) get output 0.
+* Memory: the output accumulators (one float32 array per output, one weight map per scale), one
+  batch of windows in and out, and one window of scratch per output; a float32 volume is never
+  copied or padded as a whole (windows are cut from it, and padded, one at a time).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+import numbers
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from edgeseg.runtime.errors import EdgesegError, InputError
+
+__all__ = [
+    "box_at_scale",
+    "count_windows",
+    "gaussian_importance",
+    "pad_widths",
+    "plan_windows",
+    "skip_below",
+    "sliding_window",
+    "sliding_window_region",
+    "window_starts",
+]
+
+Window = tuple[int, int, int]
+Start = tuple[int, int, int]
+Box = tuple[slice, slice, slice]
+
+
+# --- validation ------------------------------------------------------------------------------------
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _check_window(window: Any) -> Window:
+    try:
+        ok = len(window) == 3 and all(_is_int(w) and w > 0 for w in window)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise InputError(f"window {window!r} must be three positive integers (voxels, D H W)",
+                         fix="pass e.g. window=(96, 96, 96), the spec's window")
+    return tuple(int(w) for w in window)  # type: ignore[return-value]
+
+
+def _check_overlap(overlap: Any) -> float:
+    if (not isinstance(overlap, numbers.Real) or isinstance(overlap, bool) or not math.isfinite(overlap)
+            or not 0.0 <= overlap < 1.0):
+        raise InputError(f"overlap {overlap!r} must be a number with 0 <= overlap < 1",
+                         fix="pass e.g. overlap=0.25 (MONAI's default) or 0.5")
+    return float(overlap)
+
+
+def _check_align(align: Any, window: Window) -> int:
+    if not _is_int(align) or align < 1:
+        raise InputError(f"align {align!r} must be a positive integer",
+                         fix="pass align=1, or align=2 when an output is at half resolution")
+    if any(w % align for w in window):
+        raise InputError(f"align {align} does not divide the window {window}",
+                         fix="use a window whose sides are multiples of every output's downsampling factor")
+    return int(align)
+
+
+def _check_shape(shape: Any) -> Window:
+    try:
+        ok = len(shape) == 3 and all(_is_int(n) and n > 0 for n in shape)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise InputError(f"spatial shape {shape!r} must be three positive integers (D H W)",
+                         fix="pass the volume's spatial shape, volume.shape[1:] for a (C, D, H, W) volume")
+    return tuple(int(n) for n in shape)  # type: ignore[return-value]
+
+
+# --- importance map --------------------------------------------------------------------------------
+def gaussian_importance(window: Sequence[int], sigma_scale: float = 0.125, min_weight: float = 1e-3, *,
+                        scale: int = 1) -> np.ndarray:
+    """The Gaussian blending weights of one window, float32 (wd/scale, wh/scale, ww/scale), read-only.
+
+    As MONAI's `compute_importance_map(mode="gaussian")`: per axis a Gaussian centred on the window's
+    centre with sigma = sigma_scale * side (in full-resolution voxels), the product over axes,
+    clamped below at `min_weight` so every voxel has weight (as MONAI), then normalised to a maximum
+    of 1 (MONAI's map peaks below 1 for an even side; scaling does not change a blend, so blending
+    with this map is MONAI's blend exactly). Every value lies in [min_weight, 1].
+    `scale` > 1 samples the same map at the centres of the cells of an output downsampled by `scale`
+    (cell i covers voxels [scale*i, scale*i + scale)). Cached per (window, sigma_scale, min_weight, scale).
+    """
+    window = _check_window(window)
+    if not isinstance(sigma_scale, numbers.Real) or not (math.isfinite(sigma_scale) and sigma_scale > 0):
+        raise InputError(f"sigma_scale {sigma_scale!r} must be a positive number", fix="pass e.g. 0.125 (MONAI's)")
+    if not isinstance(min_weight, numbers.Real) or not 0 < min_weight <= 1:
+        raise InputError(f"min_weight {min_weight!r} must satisfy 0 < min_weight <= 1", fix="pass e.g. 1e-3")
+    if not _is_int(scale) or scale < 1 or any(w % scale for w in window):
+        raise InputError(f"scale {scale!r} must be a positive integer dividing the window {window}",
+                         fix="pass the output's downsampling factor, e.g. scale=2 for a half-resolution output")
+    return _importance(window, float(sigma_scale), float(min_weight), scale)
+
+
+@functools.lru_cache(maxsize=32)
+def _importance(window: Window, sigma_scale: float, min_weight: float, scale: int) -> np.ndarray:
+    axes = []
+    for w in window:
+        centres = scale * np.arange(w // scale, dtype=np.float64) + (scale - 1) / 2.0 - (w - 1) / 2.0
+        axes.append(np.exp(-(centres ** 2) / (2.0 * (sigma_scale * w) ** 2)))
+    imp = (axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]).astype(np.float32)
+    np.maximum(imp, np.float32(min_weight), out=imp)  # MONAI clamps first: same blend as MONAI's map
+    out = imp / imp.max()
+    out.setflags(write=False)
+    return out
+
+
+# --- the plan --------------------------------------------------------------------------------------
+def _padded_size(size: int, window: int, align: int) -> int:
+    return max(window, -(-size // align) * align)
+
+
+def window_starts(size: int, window: int, overlap: float = 0.25, *, align: int = 1) -> list[int]:
+    """Window starts along one axis, on the padded grid (see `pad_widths`); covers every voxel.
+
+    stride = max(1, int(window * (1 - overlap))) (rounded down to a multiple of `align`, at least
+    `align`), starts 0, stride, ... and last start padded_size - window; a size smaller than the
+    window gives [0] (the axis is padded to the window).
+    """
+    if not _is_int(size) or size < 1 or not _is_int(window) or window < 1:
+        raise InputError(f"size {size!r} and window {window!r} must be positive integers",
+                         fix="pass one axis's voxel count and the window's side along it")
+    overlap = _check_overlap(overlap)
+    align = _check_align(align, (window,) * 3)
+    padded = _padded_size(int(size), int(window), align)
+    stride = max(1, int(window * (1 - overlap)))
+    stride = max(align, stride // align * align)
+    last = padded - window
+    starts = list(range(0, last + 1, stride))
+    if starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+def pad_widths(shape: Sequence[int], window: Sequence[int], *, align: int = 1) -> tuple[tuple[int, int], ...]:
+    """(before, after) padding per spatial axis: to the window, and to a multiple of `align`.
+
+    before = floor(diff / 2) rounded down to a multiple of `align`, after = the rest, where diff is
+    how much the axis falls short of max(window, size rounded up to a multiple of align).
+    """
+    shape, window = _check_shape(shape), _check_window(window)
+    align = _check_align(align, window)
+    out = []
+    for n, w in zip(shape, window):
+        diff = _padded_size(n, w, align) - n
+        lo = diff // 2 // align * align
+        out.append((lo, diff - lo))
+    return tuple(out)
+
+
+def plan_windows(shape: Sequence[int], window: Sequence[int], overlap: float = 0.25, *,
+                 align: int = 1) -> list[Start]:
+    """Every window's start (padded grid), D outermost, W innermost: the order `sliding_window` runs them.
+
+    A start on the volume grid is this start minus `pad_widths(...)[axis][0]`.
+    """
+    shape, window = _check_shape(shape), _check_window(window)
+    per_axis = [window_starts(n, w, overlap, align=align) for n, w in zip(shape, window)]
+    return [tuple(s) for s in itertools.product(*per_axis)]  # type: ignore[misc]
+
+
+def count_windows(shape: Sequence[int], window: Sequence[int], overlap: float = 0.25, *, align: int = 1) -> int:
+    """len(plan_windows(...)), without building the list."""
+    shape, window = _check_shape(shape), _check_window(window)
+    return math.prod(len(window_starts(n, w, overlap, align=align)) for n, w in zip(shape, window))
+
+
+def _aligned(starts: list[Start], pads: tuple[tuple[int, int], ...], a: int) -> bool:
+    return all(lo % a == 0 for lo, _ in pads) and all(v % a == 0 for st in starts for v in st)
+
+
+# --- the stitcher ----------------------------------------------------------------------------------
+class _Output:
+    """One output's accumulator and its scratch window."""
+
+    def __init__(self, channels: int, scale: int, shape: Window, window: Window):
+        self.scale = scale
+        self.acc = np.zeros((channels, *shape), dtype=np.float32)
+        self.scratch = np.empty((channels, *(w // scale for w in window)), dtype=np.float32)
+
+
+def _describe(outs: Sequence[np.ndarray]) -> str:
+    return ", ".join(str(tuple(getattr(o, "shape", "?"))) for o in outs)
+
+
+def _as_outputs(res: Any, n: int, channels_in: int, window: Window) -> tuple[np.ndarray, ...]:
+    outs = (res,) if isinstance(res, np.ndarray) else tuple(res) if isinstance(res, (tuple, list)) else None
+    if not outs or not all(isinstance(o, np.ndarray) for o in outs):
+        raise EdgesegError(f"predict returned {type(res).__name__}, not an array or a tuple of arrays",
+                           fix="make predict return numpy arrays (N, Co, wd/s, wh/s, ww/s)")
+    for o in outs:
+        if o.ndim != 5 or o.shape[0] != n:
+            raise EdgesegError(
+                f"predict mapped a batch {(n, channels_in, *window)} to outputs {_describe(outs)}: each must be "
+                f"(N={n}, Co, wd/s, wh/s, ww/s)", fix="check that predict returns one row per window of the batch")
+    return outs
+
+
+def _scales(outs: Sequence[np.ndarray], window: Window, batch_shape: tuple[int, ...]) -> list[int]:
+    scales = []
+    for o in outs:
+        sp = o.shape[2:]
+        ratios = {w / n if n else 0.0 for w, n in zip(window, sp)}
+        s = int(next(iter(ratios))) if len(ratios) == 1 else 0
+        if len(ratios) != 1 or s < 1 or any(n * s != w for w, n in zip(window, sp)):
+            raise EdgesegError(
+                f"output shape {tuple(o.shape)} for input batch {batch_shape}: its spatial size {tuple(sp)} is not "
+                f"the window {window} divided by one integer factor on every axis",
+                fix="use a window whose sides the model's downsampling divides (e.g. multiples of 32)")
+        scales.append(s)
+    return scales
+
+
+def sliding_window(
+    volume: np.ndarray,
+    window: Sequence[int],
+    predict: Callable[[np.ndarray], Any],
+    *,
+    overlap: float = 0.25,
+    batch_size: int = 1,
+    pad_value: float = 0.0,
+    skip: Callable[[Start], bool] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    out_dtype: Any = np.float32,
+    align: int | None = None,
+    sigma_scale: float = 0.125,
+    stats: dict | None = None,
+) -> tuple[np.ndarray, ...]:
+    """Run `predict` over every window of `volume` (C, D, H, W) and blend the outputs; see the module doc.
+
+    Returns one array per output of predict, (Co_k, ceil(D/s_k), ceil(H/s_k), ceil(W/s_k)), `out_dtype`
+    (float32, or float16 to halve a feature cache: accumulated in float32, cast at the end; an error if
+    a value does not fit). `skip(start)` gets the window's first voxel on the volume grid (negative
+    where the window starts in the padding); windows it returns True for are not run, and voxels no
+    run window covers get 0. `progress(done, total)` is called after each batch with the windows run
+    so far and the windows to run (after skipping). `stats`, when given, is filled with: windows
+    (planned), run, skipped, batches (predict calls), discarded_windows (run under a plan that was
+    then aligned, see the module doc), predict_seconds, seconds (all of it), align (that the plan was
+    made with), pad ([before, after] per axis), scales (s_k). If every window is skipped, predict is
+    still called once (first window) to learn the output shapes, and every output is 0.
+    """
+    t_start = time.perf_counter()
+    if not isinstance(volume, np.ndarray) or volume.ndim != 4 or volume.size == 0:
+        shape = getattr(volume, "shape", type(volume).__name__)
+        raise InputError(f"volume of shape {shape} must be a non-empty (C, D, H, W) array",
+                         fix="pass the preprocessed image with a channel axis, e.g. image[None]")
+    if not (np.issubdtype(volume.dtype, np.floating) or np.issubdtype(volume.dtype, np.integer)):
+        raise InputError(f"volume dtype {volume.dtype} is not numeric", fix="pass a float32 image")
+    window = _check_window(window)
+    overlap = _check_overlap(overlap)
+    if not _is_int(batch_size) or batch_size < 1:
+        raise InputError(f"batch_size {batch_size!r} must be an integer >= 1", fix="pass e.g. batch_size=1")
+    if align is not None:
+        align = _check_align(align, window)
+    if not isinstance(pad_value, numbers.Real) or not math.isfinite(pad_value):
+        raise InputError(f"pad_value {pad_value!r} must be a finite number", fix="pass 0.0 (the HU window's floor)")
+    try:
+        out_dtype = np.dtype(out_dtype)
+    except TypeError as e:
+        raise InputError(f"out_dtype {out_dtype!r} is not a numpy dtype", fix="pass np.float32 or np.float16") from e
+    if not np.issubdtype(out_dtype, np.floating):
+        raise InputError(f"out_dtype {out_dtype} must be a floating dtype", fix="pass np.float32 or np.float16")
+    gaussian_importance(window, sigma_scale)  # checks sigma_scale
+    for name, fn in (("predict", predict), ("skip", skip), ("progress", progress)):
+        if fn is not None and not callable(fn):
+            raise InputError(f"{name} {fn!r} is not callable", fix=f"pass a function as {name}")
+
+    volume = volume.astype(np.float32, copy=False)
+    channels_in, shape = volume.shape[0], tuple(int(n) for n in volume.shape[1:])
+    batch = np.empty((batch_size, channels_in, *window), dtype=np.float32)
+    st: dict[str, Any] = {"batches": 0, "discarded_windows": 0, "predict_seconds": 0.0}
+
+    def call(n: int) -> tuple[np.ndarray, ...]:
+        t0 = time.perf_counter()
+        res = predict(batch[:n])
+        st["predict_seconds"] += time.perf_counter() - t0
+        st["batches"] += 1
+        return _as_outputs(res, n, channels_in, window)
+
+    def fill(i: int, v0: Start) -> None:
+        src, dst = [], []
+        for v, w, n in zip(v0, window, shape):
+            lo, hi = max(v, 0), min(v + w, n)
+            src.append(slice(lo, hi))
+            dst.append(slice(lo - v, hi - v))
+        if any(d.start > 0 or d.stop < w for d, w in zip(dst, window)):
+            batch[i].fill(pad_value)
+        batch[(i, slice(None), *dst)] = volume[(slice(None), *src)]
+
+    plan_align = align if align is not None else 1
+    outputs: list[_Output] | None = None
+    weights: dict[int, np.ndarray] = {}
+    imps: dict[int, np.ndarray] = {}
+    carried: list[tuple[int, Start]] = []  # the first batch, run under a plan that then had to be aligned
+    carried_outs: tuple[np.ndarray, ...] = ()
+    while True:  # at most twice: once more when the first batch shows the plan must be aligned
+        pads = pad_widths(shape, window, align=plan_align)
+        starts = plan_windows(shape, window, overlap, align=plan_align)
+        on_volume = [tuple(p - lo for p, (lo, _) in zip(s, pads)) for s in starts]
+        to_run = [v for v in on_volume if not skip(v)] if skip is not None else on_volume
+        # all skipped: one probe window, only to learn the output shapes
+        run_list = to_run if to_run or outputs is not None else on_volume[:1]
+        done = 0
+        if carried:  # the carried windows that the aligned plan also runs are blended, not run again
+            wanted = set(to_run)
+            reuse = [(i, v) for i, v in carried if v in wanted]
+            st["discarded_windows"] = len(carried) - len(reuse)
+            if reuse:
+                _accumulate(reuse, carried_outs, outputs, weights, imps, window)  # type: ignore[arg-type]
+                done = len(reuse)
+                if progress is not None:
+                    progress(done, len(to_run))
+                reused = {v for _, v in reuse}
+                run_list = [v for v in run_list if v not in reused]
+            carried, carried_outs = [], ()
+        replan = False
+        for b0 in range(0, len(run_list), batch_size):
+            group = run_list[b0:b0 + batch_size]
+            for i, v0 in enumerate(group):
+                fill(i, v0)
+            outs = call(len(group))
+            items = list(enumerate(group))
+            if outputs is None:
+                scales = _scales(outs, window, batch[:len(group)].shape)
+                need = math.lcm(*scales)
+                if align is not None and align % need:
+                    raise EdgesegError(
+                        f"outputs {_describe(outs)} are downsampled by {scales}, which align={align} does not fit",
+                        fix=f"pass align={need} (or leave align=None to infer it)")
+                out_shapes = {s: tuple(-(-n // s) for n in shape) for s in scales}
+                outputs = [_Output(o.shape[1], s, out_shapes[s], window) for o, s in zip(outs, scales)]
+                weights = {s: np.zeros(out_shapes[s], np.float32) for s in out_shapes}
+                imps = {s: _importance(window, float(sigma_scale), 1e-3, s) for s in out_shapes}
+                st["scales"] = scales
+                if align is None and need > 1 and to_run and not _aligned(starts, pads, need):
+                    plan_align, replan = need, True
+                    carried, carried_outs = items, outs
+                    break
+            else:
+                want = [(o.acc.shape[0], *o.scratch.shape[1:]) for o in outputs]
+                got = [tuple(o.shape[1:]) for o in outs]
+                if got != want:
+                    raise EdgesegError(f"predict's outputs changed between batches: {want} first, then {got}",
+                                       fix="predict must return the same outputs for every batch")
+            if not to_run:  # the probe only taught us the shapes
+                break
+            _accumulate(items, outs, outputs, weights, imps, window)
+            done += len(group)
+            if progress is not None:
+                progress(done, len(to_run))
+            del outs
+        if not replan:
+            break
+
+    assert outputs is not None
+    st.update(windows=len(starts), run=len(to_run), skipped=len(starts) - len(to_run), align=plan_align,
+              pad=[list(p) for p in pads])
+    for w in weights.values():
+        np.maximum(w, np.finfo(np.float32).tiny, out=w)  # uncovered voxels: 0 / tiny = 0
+    results = []
+    for o in outputs:
+        np.divide(o.acc, weights[o.scale], out=o.acc)
+        o.scratch = None  # type: ignore[assignment]
+    for k in range(len(outputs)):
+        acc, outputs[k] = outputs[k].acc, None  # type: ignore[call-overload]
+        if out_dtype != np.float32:
+            info = np.finfo(out_dtype)
+            if acc.size and (acc.max() > info.max or acc.min() < info.min):
+                raise EdgesegError(
+                    f"output {k} spans [{acc.min():.4g}, {acc.max():.4g}], beyond {out_dtype}'s range",
+                    fix="cache this output as float32")
+            acc = acc.astype(out_dtype)
+        results.append(acc)
+    st["seconds"] = time.perf_counter() - t_start
+    if stats is not None:
+        stats.update(st)
+    return tuple(results)
+
+
+def _accumulate(items: list[tuple[int, Start]], outs: tuple[np.ndarray, ...], outputs: list[_Output],
+                weights: dict[int, np.ndarray], imps: dict[int, np.ndarray], window: Window) -> None:
+    """Blend row i of `outs`, the window starting at v0 (volume grid), for each (i, v0) of `items`."""
+    for i, v0 in items:
+        regions = {}
+        for s, wmap in weights.items():
+            osl, wsl = [], []
+            for v, w, n in zip(v0, window, wmap.shape):
+                c0, m = v // s, w // s  # v is a multiple of s: the plan is aligned
+                lo, hi = max(c0, 0), min(c0 + m, n)
+                osl.append(slice(lo, hi))
+                wsl.append(slice(lo - c0, hi - c0))
+            osl_t, wsl_t = tuple(osl), tuple(wsl)
+            imp = imps[s][wsl_t]
+            wmap[osl_t] += imp
+            regions[s] = (osl_t, wsl_t, imp)
+        for o, out in zip(outputs, outs):
+            osl_t, wsl_t, imp = regions[o.scale]
+            scratch = o.scratch[(slice(None), *(slice(0, x.stop - x.start) for x in wsl_t))]
+            np.multiply(out[(i, slice(None), *wsl_t)], imp, out=scratch)
+            o.acc[(slice(None), *osl_t)] += scratch
+
+
+# --- a region of a volume --------------------------------------------------------------------------
+def box_at_scale(box: Box, scale: int) -> Box:
+    """The cells of an output downsampled by `scale` that cover `box` (rounded outward)."""
+    return tuple(slice(b.start // scale, -(-b.stop // scale)) for b in box)  # type: ignore[return-value]
+
+
+def _check_box(box: Any, shape: Window) -> Box:
+    try:
+        ok = len(box) == 3 and all(isinstance(b, slice) for b in box)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise InputError(f"box {box!r} must be three slices on the volume grid (D, H, W)",
+                         fix="pass e.g. (slice(10, 74), slice(0, 64), slice(5, 69))")
+    out = []
+    for b, n in zip(box, shape):
+        start = 0 if b.start is None else b.start
+        stop = n if b.stop is None else b.stop
+        if b.step not in (None, 1) or not (_is_int(start) and _is_int(stop)) or not 0 <= start < stop <= n:
+            raise InputError(f"box {box!r} does not lie inside the volume's spatial shape {shape} (or is empty, "
+                             "or has a step)", fix="clip the box to the volume: 0 <= start < stop <= size, step 1")
+        out.append(slice(int(start), int(stop)))
+    return tuple(out)  # type: ignore[return-value]
+
+
+def sliding_window_region(
+    volume: np.ndarray,
+    box: Sequence[slice],
+    window: Sequence[int],
+    predict: Callable[[np.ndarray], Any],
+    *,
+    context: int | Sequence[int] | None = None,
+    align: int | None = None,
+    skip: Callable[[Start], bool] | None = None,
+    stats: dict | None = None,
+    **kw: Any,
+) -> tuple[np.ndarray, ...]:
+    """`sliding_window`'s outputs on the sub-box `box` only (e.g. features around an organ).
+
+    Runs the sliding window over the box grown by `context` voxels per side (default window // 4;
+    an int or one per axis), then grown to at least the window where the volume allows (so windows
+    see real voxels rather than padding), its start rounded down and stop rounded up to a multiple
+    of the alignment (`align`, or 2 when every window side is even), all clipped to the volume;
+    then crops back. A full-resolution output has the box's shape; an output downsampled by s covers
+    `box_at_scale(box, s)`: the box rounded outward to whole cells, box size / s when the box's
+    starts and stops are multiples of s. For a `predict` with no spatial context (e.g. 2 * x) it
+    equals `sliding_window` on the whole volume restricted to the box; for a real model it differs
+    only in which windows saw the box. `skip` gets starts on the whole volume's grid. Other keywords
+    go to `sliding_window`; `stats` also gets `box` and `run_box` ([start, stop] per axis).
+    """
+    if not isinstance(volume, np.ndarray) or volume.ndim != 4:
+        raise InputError(f"volume of shape {getattr(volume, 'shape', None)} must be a (C, D, H, W) array",
+                         fix="pass the preprocessed image with a channel axis, e.g. image[None]")
+    window = _check_window(window)
+    shape = tuple(int(n) for n in volume.shape[1:])
+    box = _check_box(box, shape)  # type: ignore[arg-type]
+    if align is not None:
+        align = _check_align(align, window)
+    a = align if align is not None else (2 if all(w % 2 == 0 for w in window) else 1)
+    if context is None:
+        ctx = tuple(w // 4 for w in window)
+    elif _is_int(context) and context >= 0:
+        ctx = (int(context),) * 3
+    else:
+        try:
+            ok = len(context) == 3 and all(_is_int(c) and c >= 0 for c in context)  # type: ignore[arg-type]
+        except TypeError:
+            ok = False
+        if not ok:
+            raise InputError(f"context {context!r} must be a non-negative integer or three of them",
+                             fix="pass e.g. context=24 (voxels added on each side of the box)")
+        ctx = tuple(int(c) for c in context)  # type: ignore[union-attr]
+
+    run_box = []
+    for b, c, w, n in zip(box, ctx, window, shape):
+        e0, e1 = max(0, b.start - c), min(n, b.stop + c)
+        if e1 - e0 < w:  # grow to the window, centred, within the volume
+            e0 = max(0, e0 - (w - (e1 - e0)) // 2)
+            e1 = min(n, e0 + w)
+            e0 = max(0, e1 - w)
+        e0, e1 = e0 // a * a, min(n, -(-e1 // a) * a)
+        run_box.append(slice(e0, e1))
+    origin = tuple(r.start for r in run_box)
+    inner_skip = None if skip is None else (lambda v: skip(tuple(x + o for x, o in zip(v, origin))))
+    st: dict[str, Any] = {}
+    outs = sliding_window(volume[(slice(None), *run_box)], window, predict, align=align, skip=inner_skip,
+                          stats=st, **kw)
+    results = []
+    for out, s in zip(outs, st["scales"]):
+        if any(o % s for o in origin):
+            raise EdgesegError(
+                f"an output is downsampled by {s}, but the region's run box starts at {origin}, not a multiple of {s}",
+                fix=f"pass align={s}")
+        cells = box_at_scale(box, s)
+        crop = tuple(slice(c.start - o // s, c.stop - o // s) for c, o in zip(cells, origin))
+        results.append(np.ascontiguousarray(out[(slice(None), *crop)]))
+        del out
+    del outs
+    if stats is not None:
+        st.update(box=[[b.start, b.stop] for b in box], run_box=[[r.start, r.stop] for r in run_box])
+        stats.update(st)
+    return tuple(results)
+
+
+# --- a ready-made skip -----------------------------------------------------------------------------
+def skip_below(volume: np.ndarray, window: Sequence[int], threshold: float = 0.0) -> Callable[[Start], bool]:
+    """A `skip` for `sliding_window(volume, window, ...)`: True for windows where every voxel is <= threshold.
+
+    E.g. threshold 0.0 on the [0, 1] HU-window scale skips windows of pure air (HU <= hu_min).
+    """
+    window = _check_window(window)
+    if not isinstance(volume, np.ndarray) or volume.ndim != 4:
+        raise InputError(f"volume of shape {getattr(volume, 'shape', None)} must be a (C, D, H, W) array",
+                         fix="pass the same volume you give sliding_window")
+
+    def skip(start: Start) -> bool:
+        sl = tuple(slice(max(v, 0), max(v + w, 0)) for v, w in zip(start, window))
+        part = volume[(slice(None), *sl)]
+        return part.size == 0 or bool(part.max() <= threshold)
+
+    return skip
