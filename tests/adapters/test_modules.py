@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from edgeseg.adapters import (
-    ADAPTERS, CUT_OF, LR, DecoderBlockAdapter, LinearProbe, SpatialAdapter, build_adapter, count_trainable,
-)
-from edgeseg.model.spec import CUTS, TINY_TEST_SPEC, ModelSpec
-from edgeseg.model.swinunetr import build_swinunetr, split
 from edgeseg.runtime.errors import InputError
 
-torch.set_num_threads(2)
+from edgeseg.adapters import (
+    ADAPTERS,
+    CUT_OF,
+    LR,
+    DecoderBlockAdapter,
+    LinearProbe,
+    SpatialAdapter,
+    build_adapter,
+    count_trainable,
+)
+from edgeseg.model.spec import CUTS, ModelSpec
+from edgeseg.model.swinunetr import build_swinunetr, split
+from tests.helpers import TINY
 
-TINY = ModelSpec(**TINY_TEST_SPEC, out_channels=3, class_names=("a", "b", "c"))
+torch.set_num_threads(2)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from edgeseg.runtime.errors import InputError
-from edgeseg.train.losses import LOSSES, bce_loss, dice_score, segmentation_loss, soft_dice_loss
+
+from edgeseg.train.losses import (
+    LOSSES,
+    bce_loss,
+    dice_score,
+    segmentation_loss,
+    soft_dice_loss,
+)
 
 
 def _target(seed=0, shape=(2, 1, 8, 8, 8)) -> torch.Tensor:

@@ -5,15 +5,28 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from edgeseg.runtime.errors import InputError
 
 from edgeseg.adapters import build_adapter
-from edgeseg.runtime.errors import InputError
 from edgeseg.train.size_prior import (
-    QuerySizeEstimator, largest_component, target_size_ml, ti_loss, ti_loss_released, voxel_volume_ml,
+    QuerySizeEstimator,
+    largest_component,
+    target_size_ml,
+    ti_loss,
+    ti_loss_released,
+    voxel_volume_ml,
 )
 from tests.conftest import ellipsoid_world
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # These ops are tiny: with 2 threads on a busy 2-core machine, OpenMP contention made them 100x slower
+    # (0.05 s vs 5-9 s measured for the same loop). One thread, restored afterwards.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 # --- L_TI ------------------------------------------------------------------------------------------
@@ -132,15 +145,18 @@ def _exact(adapter, feats, weight):
 
 @pytest.mark.parametrize("kind", ["lp", "spatial"])
 def test_estimate_value_is_the_exact_sum_and_full_subset_gradient_is_exact(kind):
-    feats = _query()
+    feats = _query(shape=(12, 10, 9))
     adapter = _adapters()[kind]
-    est = QuerySizeEstimator(feats, voxel_volume_ml=0.003375, chunk=(8, 10, 10), grad_chunks=2)
-    assert est.n_chunks == 3 * 2 * 2
+    est = QuerySizeEstimator(feats, voxel_volume_ml=0.003375, chunk=(6, 4, 6), grad_chunks=2)
+    assert est.n_chunks == 2 * 3 * 2  # uneven chunks at the far borders
     s = est(adapter)
     assert len(est.last_subset) == 2
     exact = _exact(adapter, [feats], 0.003375)
     assert s.item() == pytest.approx(exact.item(), rel=1e-6)
     assert est.exact_ml(adapter) == pytest.approx(exact.item(), rel=1e-6)
+    if kind == "spatial":  # without its 2-voxel halo the chunked sum would be wrong at chunk seams
+        no_halo = QuerySizeEstimator(feats, voxel_volume_ml=0.003375, chunk=(6, 4, 6), halo=0).exact_ml(adapter)
+        assert abs(no_halo - exact.item()) > 1e-4 * exact.item()
 
     adapter.zero_grad()
     exact.backward()
@@ -157,8 +173,8 @@ def test_estimate_value_is_the_exact_sum_and_full_subset_gradient_is_exact(kind)
         est(adapter, subset=[i]).backward()
         for n, p in adapter.named_parameters():
             acc[n] += p.grad / est.n_chunks
-    for n in acc:
-        assert torch.allclose(acc[n], want[n].float(), rtol=1e-4, atol=1e-6), n
+    for n, g in acc.items():
+        assert torch.allclose(g, want[n].float(), rtol=1e-4, atol=1e-6), n
 
 
 def test_pooled_features_count_eight_voxels_each():
