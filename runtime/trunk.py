@@ -1,0 +1,285 @@
+"""An exported trunk folder, opened for inference: manifest checked, graph picked, backend running.
+
+`open_trunk(folder)` reads the trunk's `manifest.json` (written last by `edgeseg export`; its
+self-hash and every file's sha256 are checked), picks the graph or engine for the precision asked
+for, opens a backend (one by name, or the "auto" choice of `choose_backend`, which says what ran and
+why) and returns a `Trunk`. `Trunk.features(volume, box)` runs the one sliding window of
+`edgeseg.runtime.sliding_window` over a preprocessed volume (or a box of it) and returns the
+trunk's outputs: ``(features,)`` for the ``decoder1`` cut, ``(enc0, dec0)`` for ``pre-decoder1``,
+``dec0`` at half resolution (windows and regions are aligned to even voxels so the half-resolution
+grid nests exactly in the full one).
+
+Torch-free: only the "torch" backend imports torch (it rebuilds the trunk module from the checkpoint
+the manifest names, checked against its recorded sha256).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeseg.runtime.errors import BackendUnavailable, InputError
+from edgeseg.runtime.manifest import content_hash, read_manifest, sha256_file
+from edgeseg.runtime.preprocess import PreprocessSpec
+
+__all__ = ["BACKEND_CHOICES", "REBUILD", "Trunk", "open_trunk", "read_trunk_manifest"]
+
+TRUNK_KIND = "trunk"
+REBUILD = "edgeseg export CHECKPOINT --out DIR"
+BACKEND_CHOICES = ("auto", "ort", "openvino", "torch", "tensorrt")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+CUT_ALIGN = {"decoder1": 1, "pre-decoder1": 2}  # the coarsest output's downsampling factor
+
+
+def read_trunk_manifest(folder: str | Path, *, verify_files: bool = True) -> dict:
+    """The trunk's manifest, checked (kind, self-hash, files) and sanity-checked for what the runtime reads."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, TRUNK_KIND, verify_files=verify_files, rebuild=REBUILD)
+    path = folder / "manifest.json"
+    missing = [k for k in ("cut", "graphs", "preprocess", "io", "model_spec") if k not in manifest]
+    if missing:
+        raise InputError(f"lacks {', '.join(missing)}: not a trunk manifest this edgeseg can read", path=path,
+                         fix=f"re-export the trunk: {REBUILD}")
+    if manifest["cut"] not in CUT_ALIGN:
+        raise InputError(f"names an unknown cut point {manifest['cut']!r} (this edgeseg knows {', '.join(CUT_ALIGN)})",
+                         path=path, fix=f"re-export the trunk with this edgeseg: {REBUILD}")
+    spec = PreprocessSpec.from_dict(manifest["preprocess"])
+    recorded = manifest.get("preprocess_sha256")
+    if recorded is not None and recorded != spec.sha256():
+        raise InputError("its preprocessing spec does not match the hash recorded beside it", path=path,
+                         fix=f"re-export the trunk: {REBUILD}")
+    return manifest
+
+
+def _graphs_present(manifest: dict) -> str:
+    graphs = manifest.get("graphs") or {}
+    parts = [f"{p} ({g.get('file', '?')})" for p, g in sorted(graphs.items())]
+    engines = manifest.get("engines") or {}
+    parts += [f"TensorRT engine {e.get('file', k)}" for k, e in sorted(engines.items())]
+    return ", ".join(parts) or "no graph at all"
+
+
+def _graph_path(folder: Path, manifest: dict, precision: str) -> Path:
+    graphs = manifest.get("graphs") or {}
+    if precision not in graphs:
+        raise InputError(f"has no {precision} graph; it holds {_graphs_present(manifest)}", path=folder,
+                         fix=(f"re-export with --precision fp32,fp16 ({REBUILD} --precision fp32,fp16), "
+                              f"or ask for a precision the folder has" if precision in ("fp32", "fp16")
+                              else "ask for fp32 or fp16"))
+    return folder / graphs[precision]["file"]
+
+
+def _pick_engine(folder: Path, manifest: dict, *, required: bool) -> tuple[Path, dict] | None:
+    """The TensorRT engine of this machine (by engine key) or, when none can be matched, the first one."""
+    engines = manifest.get("engines") or {}
+    if not engines:
+        if required:
+            raise InputError(f"has no TensorRT engine; it holds {_graphs_present(manifest)}", path=folder,
+                             fix=f"build one on this GPU: {REBUILD} --tensorrt, or choose --backend ort/openvino")
+        return None
+    chosen = next(iter(sorted(engines.items())))
+    if len(engines) > 1:
+        try:
+            from edgeseg.runtime.backends.tensorrt import current_engine_key, key_string
+
+            here = key_string(current_engine_key())
+            if here in engines:
+                chosen = (here, engines[here])
+        except Exception:  # no TensorRT or GPU here: the backend refuses the engine with the reason
+            pass
+    return folder / chosen[1]["file"], chosen[1].get("key")
+
+
+def _torch_module(folder: Path, manifest: dict):
+    """The trunk as a torch module, rebuilt from the checkpoint the manifest names (checked by sha256)."""
+    ckpt = manifest.get("checkpoint") or {}
+    path = Path(ckpt.get("path", ""))
+    if not ckpt.get("path") or not path.is_file():
+        raise InputError(f"the torch backend rebuilds the trunk from its checkpoint, which is not at {str(path)!r}",
+                         path=folder, fix="put the checkpoint the trunk was exported from back at that path, "
+                                          "or use --backend ort/openvino (they run the exported graph)")
+    if sha256_file(path) != ckpt.get("sha256"):
+        raise InputError("the checkpoint differs from the one this trunk was exported from (sha256)", path=path,
+                         fix=f"restore the original checkpoint, or re-export the trunk from this one ({REBUILD})")
+    try:
+        from edgeseg.model.checkpoint import load_checkpoint
+        from edgeseg.model.spec import ModelSpec
+        from edgeseg.model.swinunetr import split
+    except ImportError as e:
+        raise BackendUnavailable(f"the torch backend needs torch and MONAI ({e})",
+                                 fix="pip install 'edgeseg[train]', or use --backend ort/openvino") from None
+    model, _, _ = load_checkpoint(path, ModelSpec.from_dict(manifest["model_spec"]), allow_partial=True)
+    trunk, _ = split(model, manifest["cut"])
+    return trunk.eval()
+
+
+class Trunk:
+    """An opened trunk: its manifest, preprocessing, cut and an active backend; `features` runs it.
+
+    Build with `open_trunk`. The constructor takes any active-able `Backend` (tests pass stand-ins).
+    """
+
+    def __init__(self, folder: str | Path | None, manifest: dict, backend, *, precision: str, reason: str = ""):
+        self.folder = None if folder is None else Path(folder)
+        self.manifest = manifest
+        self.manifest_hash = content_hash(manifest)
+        self.cut: str = manifest["cut"]
+        self.preprocess = PreprocessSpec.from_dict(manifest["preprocess"])
+        self.window: tuple[int, int, int] = tuple(int(w) for w in self.preprocess.window)  # type: ignore[assignment]
+        self.output_names: tuple[str, ...] = tuple((manifest.get("io") or {}).get("outputs") or ())
+        self.align = CUT_ALIGN[self.cut]
+        self.graph_precision = precision  # the graph/engine picked: "fp32" or "fp16"
+        self.max_batch = int((manifest.get("export_spec") or {}).get("max_batch") or 1)
+        self.in_channels = int((manifest.get("model_spec") or {}).get("in_channels") or 1)
+        self.feature_size = (manifest.get("model_spec") or {}).get("feature_size")
+        self.backend = backend.activate()
+        self.reason = reason
+        if self.output_names and len(self.backend.outputs) not in (0, len(self.output_names)):
+            got = [o.name for o in self.backend.outputs]
+            raise InputError(f"the graph has outputs {got}, the manifest lists {list(self.output_names)}",
+                             path=self.folder, fix=f"re-export the trunk: {REBUILD}")
+
+    @property
+    def ran(self) -> dict:
+        """What runs (backend, precision, device, detail), as recorded in caches and reports."""
+        return self.backend.describe().to_dict()
+
+    def describe(self) -> str:
+        info = self.backend.describe()
+        return f"{info.backend} {info.precision} on {info.device}"
+
+    def features(self, volume_chw: np.ndarray, box: Sequence[slice] | None = None, *, overlap: float = 0.25,
+                 batch_size: int = 1, progress: Callable[[int, int], None] | None = None,
+                 context: int | Sequence[int] | None = None, dtype: Any = np.float16,
+                 stats: dict | None = None) -> tuple[np.ndarray, ...]:
+        """The trunk's outputs over a preprocessed volume (C, D, H, W), or over `box` of it.
+
+        Whole volume: `sliding_window` (MONAI's plan and Gaussian blend). With `box` (three slices on
+        the volume grid): `sliding_window_region`, which runs the box grown by `context` voxels per
+        side (default window // 4) and crops back. Outputs are `dtype` (float16 by default, as caches
+        store them; float32 on request), accumulated in float32. For ``pre-decoder1`` windows start on
+        even voxels (align=2): ``dec0`` covers ``box_at_scale(box, 2)``, box / 2 for an even box.
+        """
+        from edgeseg.runtime.sliding_window import sliding_window, sliding_window_region
+
+        if not isinstance(volume_chw, np.ndarray) or volume_chw.ndim != 4:
+            raise InputError(f"volume of shape {getattr(volume_chw, 'shape', None)} must be (C, D, H, W)",
+                             fix="pass the preprocessed image with a channel axis, e.g. prepared.image[None]")
+        if volume_chw.shape[0] != self.in_channels:
+            raise InputError(f"volume has {volume_chw.shape[0]} channel(s), the trunk takes {self.in_channels}",
+                             fix="pass the preprocessed image with one channel axis, e.g. prepared.image[None]")
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= self.max_batch:
+            raise InputError(f"batch_size {batch_size!r} must be between 1 and the exported maximum {self.max_batch}",
+                             fix=f"pass --batch 1..{self.max_batch}, or re-export with a larger --batch")
+        volume = np.asarray(volume_chw, dtype=np.float32)
+        kw = dict(overlap=overlap, batch_size=batch_size, progress=progress, out_dtype=dtype, align=self.align,
+                  stats=stats)
+        if box is None:
+            return sliding_window(volume, self.window, self.backend.predict, **kw)
+        return sliding_window_region(volume, box, self.window, self.backend.predict, context=context, **kw)
+
+    def close(self) -> None:
+        self.backend.deactivate()
+
+    def __enter__(self) -> Trunk:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Trunk {self.folder} cut={self.cut} window={self.window} ran={self.describe()!r}>"
+
+
+def open_trunk(folder: str | Path, *, backend: str = "auto", precision: str | None = None,
+               threads: int | None = None, device: str | None = None,
+               cache_dir: str | Path | None = None) -> Trunk:
+    """Open the exported trunk in `folder` on `backend`; the returned `Trunk` is active (close it, or `with`).
+
+    backend: "auto" (`choose_backend` over every artifact the folder holds, fastest usable first; bf16 is
+    never picked automatically), or one of "ort", "openvino", "torch", "tensorrt" (no fallback).
+    precision: None: the fp32 graph for a named backend (the engine's own precision for "tensorrt");
+    for "auto" any graph the folder holds (the mixed fp16 graph / engine on GPU candidates only, as
+    `default_candidates` offers them). "fp32" / "fp16": that graph only (refused, naming what the
+    folder has, when it is missing); "bf16": OpenVINO (or torch) in bf16 on the fp32 graph.
+    """
+    folder = Path(folder)
+    key = str(backend).strip().lower()
+    if key not in BACKEND_CHOICES:
+        raise InputError(f"unknown backend {backend!r}; choices: {', '.join(BACKEND_CHOICES)}",
+                         fix=f"use one of {', '.join(BACKEND_CHOICES)}")
+    if precision is not None and precision not in PRECISION_CHOICES:
+        raise InputError(f"unknown precision {precision!r}; choices: {', '.join(PRECISION_CHOICES)}",
+                         fix="use fp32, fp16 or bf16 (or leave it unset)")
+    manifest = read_trunk_manifest(folder)
+
+    from edgeseg.runtime.backends import Candidate, choose_backend, default_candidates, open_backend
+
+    if key == "auto":
+        graphs = manifest.get("graphs") or {}
+        if precision in ("fp32", "fp16"):
+            _graph_path(folder, manifest, precision)  # refuse a missing graph by name
+        fp32 = fp16 = None
+        if precision == "bf16":
+            cands = [Candidate("openvino", _graph_path(folder, manifest, "fp32"), precision="bf16",
+                               options={"threads": threads, "cache_dir": cache_dir})]
+        else:
+            fp32 = folder / graphs["fp32"]["file"] if "fp32" in graphs and precision != "fp16" else None
+            fp16 = folder / graphs["fp16"]["file"] if "fp16" in graphs and precision != "fp32" else None
+            engine = _pick_engine(folder, manifest, required=False) if precision != "fp32" else None
+            cands = default_candidates(plan=engine[0] if engine else None, onnx_fp32=fp32, onnx_fp16=fp16,
+                                       threads=threads, cache_dir=cache_dir,
+                                       manifest_key=engine[1] if engine else None)
+            if fp16 is not None and fp32 is None:  # the fp16 graph also runs on the CPU (export checks its parity there)
+                cands.append(Candidate("ort", fp16, precision="fp16", device="cpu", options={"threads": threads}))
+        if not cands:
+            raise InputError(f"holds nothing to run; it has {_graphs_present(manifest)}", path=folder,
+                             fix=f"re-export the trunk: {REBUILD}")
+        chosen, reason = choose_backend(cands)
+        path = getattr(chosen, "path", None)
+        picked = "fp16" if chosen.name == "tensorrt" or (fp16 is not None and path is not None and Path(path) == fp16) \
+            else "fp32"
+        try:
+            return Trunk(folder, manifest, chosen, precision=picked, reason=reason)
+        except BaseException:
+            chosen.deactivate()
+            raise
+
+    if key == "ort":
+        if precision == "bf16":
+            raise InputError("ONNX Runtime runs the graph's own precision (fp32 or mixed fp16), not bf16",
+                             fix="use --backend openvino for bf16 on the CPU")
+        graph = precision or "fp32"
+        opts = {"threads": threads} | ({"cache_dir": cache_dir} if cache_dir is not None else {})
+        made = open_backend("ort", _graph_path(folder, manifest, graph), precision=graph, device=device, **opts)
+    elif key == "openvino":
+        if precision == "fp16":
+            raise InputError("OpenVINO on the CPU runs fp32 or bf16, not fp16",
+                             fix="use precision fp32 or bf16 with --backend openvino, or --backend ort for the fp16 graph")
+        graph = "fp32"
+        made = open_backend("openvino", _graph_path(folder, manifest, "fp32"), precision=precision or "fp32",
+                            threads=threads, cache_dir=cache_dir)
+    elif key == "tensorrt":
+        if precision == "fp32":
+            raise InputError("the TensorRT engines edgeseg builds run the mixed fp16 graph", path=folder,
+                             fix="use precision fp16 (or none) with --backend tensorrt, or another backend for fp32")
+        graph = "fp16"
+        plan, engine_key = _pick_engine(folder, manifest, required=True)  # type: ignore[misc]
+        made = open_backend("tensorrt", plan, precision="fp16", manifest_key=engine_key)
+    else:  # torch
+        graph = "fp32"
+        from edgeseg.runtime.backends import _require  # the install hint before a slow checkpoint load
+
+        _require("torch-cuda" if (device or "cpu").startswith("cuda") else "torch-cpu", "PyTorch")
+        made = open_backend("torch", _torch_module(folder, manifest), precision=precision or "fp32", device=device,
+                            threads=threads)
+    made.activate()
+    info = made.describe()
+    try:
+        return Trunk(folder, manifest, made, precision=graph, reason=f"{key} as asked ({info.precision} on {info.device})")
+    except BaseException:
+        made.deactivate()
+        raise
