@@ -7,9 +7,16 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from edgeseg.runtime.preprocess import PreprocessSpec
 
 from edgeseg.assets import EXAMPLE_CT as REAL_CT
 from edgeseg.assets import EXAMPLE_CT_BODY as REAL_BODY
+from edgeseg.model.spec import TINY_TEST_SPEC, ModelSpec
+
+# A tiny trunk whose preprocessing spacing is 5 mm: phantoms written at 5 mm need no resampling and a
+# whole abdomen is a few 64^3 windows, so caching and adaptation tests take seconds, not minutes.
+PRE5 = PreprocessSpec(window=(64, 64, 64), spacing=(5.0, 5.0, 5.0))
+SPEC5 = ModelSpec(**TINY_TEST_SPEC, out_channels=3, class_names=("liver", "spleen", "kidney_left"), preprocess=PRE5)
 
 
 @pytest.fixture
@@ -36,3 +43,31 @@ def save_nifti(path: Path, data: np.ndarray, affine: np.ndarray) -> Path:
     img.header.set_sform(affine, code=1)
     nib.save(img, str(path))
     return path
+
+
+@pytest.fixture(scope="session")
+def phantoms5(tmp_path_factory):
+    """Three labelled support phantoms and one query scan at 5 mm: (support folder, query ct path)."""
+    from edgeseg.data.phantom import write_dataset
+
+    root = tmp_path_factory.mktemp("phantoms5")
+    write_dataset(root / "support", 3, seed=0, spacing=5.0, z_range=(-400, 420))
+    write_dataset(root / "query", 1, seed=7, spacing=5.0, z_range=(-100, 200))
+    return root / "support", root / "query" / "s0000" / "ct.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def trunk5(tmp_path_factory):
+    """The tiny SPEC5 SwinUNETR (seed 0) exported at the decoder1 cut, fp32 only."""
+    import torch
+    from edgeseg.export.trunk import export_trunk
+
+    from edgeseg.model.checkpoint import save_checkpoint
+    from edgeseg.model.swinunetr import build_swinunetr
+
+    torch.manual_seed(0)
+    ckpt = tmp_path_factory.mktemp("ckpt5") / "tiny.safetensors"
+    save_checkpoint(build_swinunetr(SPEC5), SPEC5, ckpt)
+    out = tmp_path_factory.mktemp("trunk5")
+    export_trunk(ckpt, out, precisions=("fp32",), threads=2)
+    return out
