@@ -197,6 +197,93 @@ def export(
 
 
 @app.command()
+def cache(
+    trunk: Path = typer.Option(..., "--trunk", help="An exported trunk folder (edgeseg export)."),
+    data: Path = typer.Option(..., "--data", help="Support dataset: TotalSegmentator folder, nnU-Net/MSD folder or CSV."),
+    organ: str = typer.Option(..., "--organ", help="The structure to adapt to, as the dataset names it."),
+    out: Path = typer.Option(..., "--out", help="Cache folder (memory-mapped fp16 features, labels, manifest)."),
+    k: Optional[int] = typer.Option(None, "--k", min=1, help="Number of support scans drawn from the dataset (default: all)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the support draw and the negative windows."),
+    query: list[Path] = typer.Option([], "--query", help="Unlabelled scan(s) for the size prior (--ti); repeatable."),
+    backend: str = typer.Option("auto", "--backend", help="auto, ort, openvino, torch or tensorrt (auto prints which ran)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the trunk."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing cache in --out."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Run the trunk over the support (and query) scans once and cache what adaptation will sample."""
+    from rich.markup import escape
+    from rich.progress import Progress
+
+    with _user_errors(as_json):
+        from edgeseg.cache import build_cache
+
+        con = _console(stderr=as_json)
+        with Progress(console=con, transient=True) as bar:
+            task = bar.add_task("caching features", total=None)
+            manifest = build_cache(trunk, data, organ, out, k=k, seed=seed, query=tuple(query), backend=backend,
+                                   threads=threads, force=force,
+                                   progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                   log=lambda msg: con.print(escape(msg), highlight=False))
+        if as_json:
+            print(json.dumps(manifest, indent=2))
+        else:
+            con.print(f"[green]cached[/] {escape(str(out))}", highlight=False)
+
+
+class AdapterKind(str, Enum):
+    lp = "lp"
+    spatial = "spatial"
+    decoder_block = "decoder-block"
+    ft_last = "ft-last"
+
+
+@app.command()
+def adapt(
+    cache_dir: Path = typer.Option(..., "--cache", help="A feature cache folder (edgeseg cache)."),
+    adapter: AdapterKind = typer.Option(..., "--adapter", help="lp (49 params), spatial (124K), decoder-block (210K, pre-decoder1 cut), ft-last."),
+    out: Path = typer.Option(..., "--out", help="Adapter folder: adapter.safetensors, adapter.onnx, manifest.json."),
+    ti: bool = typer.Option(False, "--ti", help="Transductive size prior on the cached query scan (band |S_hat - (1 -/+ gamma) S|, S in mL)."),
+    ti_gamma: float = typer.Option(0.3, "--ti-gamma", help="Size-prior band half-width (the release's margin, 0.3)."),
+    ti_lambda: float = typer.Option(0.1, "--ti-lambda", help="Size-prior weight (the release's 0.1)."),
+    ti_warmup: int = typer.Option(50, "--ti-warmup", help="Epochs before the size prior starts (the release's 50)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: LP 1e-2, adapters 1e-4, as the code release)."),
+    max_epochs: int = typer.Option(200, "--max-epochs", min=1, help="At most this many epochs (early stop on a loss plateau, patience 20)."),
+    crop: int = typer.Option(64, "--crop", min=8, help="Training crop side in voxels."),
+    batch_size: int = typer.Option(2, "--batch-size", min=1),
+    loss: str = typer.Option("dice", "--loss", help="dice or dice+bce."),
+    seed: int = typer.Option(0, "--seed"),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    force: bool = typer.Option(False, "--force", help="Replace an existing adapter in --out."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Train a few-shot adapter on cached features (the trunk never runs: low memory)."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with _user_errors(as_json):
+        from edgeseg.train.adapt import AdaptConfig
+        from edgeseg.train.adapt import adapt as run_adapt
+
+        config = AdaptConfig(adapter=adapter.value, lr=lr, max_epochs=max_epochs, crop=crop, batch_size=batch_size,
+                             loss=loss, ti=ti, ti_gamma=ti_gamma, ti_lambda=ti_lambda, ti_warmup=ti_warmup, seed=seed,
+                             threads=threads)
+        con = _console(stderr=as_json)
+        columns = (TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TextColumn("loss {task.fields[loss]}"),
+                   TimeElapsedColumn())
+        with Progress(*columns, console=con, transient=True) as bar:
+            task = bar.add_task("adapt", total=max_epochs, loss="-")
+            manifest = run_adapt(cache_dir, out, config, force=force,
+                                 progress=lambda e, total, value: bar.update(task, completed=e, loss=f"{value:.4f}"),
+                                 log=lambda msg: con.print(escape(msg), highlight=False))
+        if as_json:
+            print(json.dumps(manifest, indent=2))
+        else:
+            con.print(f"[green]adapter[/] {escape(str(out))}: {manifest['adapter']} for {manifest['organ']}, "
+                      f"{manifest['epochs']} epochs, {manifest['wall_seconds']} s, peak RSS {manifest['peak_rss_gib']} GiB",
+                      highlight=False)
+
+
+@app.command()
 def checkpoint(
     path: Path = typer.Argument(..., help="A SwinUNETR checkpoint (.pt/.pth/.safetensors) in any public layout."),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="Model spec JSON (default: the file's own, else inferred from the tensors)."),
