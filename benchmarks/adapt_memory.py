@@ -4,7 +4,8 @@ way (frozen trunk recomputed every step under no_grad) and full fine-tuning, for
     .venv/bin/python benchmarks/adapt_memory.py                       # feature_size 48, 96^3 crops
     .venv/bin/python benchmarks/adapt_memory.py --feature-size 12 --crop 64 --steps 2   # quick look
 
-Every configuration runs in its own process, so each peak RSS is its own. The cached supports are
+Every configuration runs in its own process, so each peak RSS is its own (it includes the pages of
+the memory-mapped cache that the crops touched: file-backed, reclaimable by the OS). The cached supports are
 synthetic fp16 feature files of a realistic organ region (K files of C x 128^3, memory-mapped as the
 real cache is); the crops, the adapter, the loss and the optimiser are the ones `edgeseg adapt` uses
 (edgeseg.train.adapt.CropSampler, edgeseg.adapters.build_adapter, AdamW, Dice). For the paper's way
@@ -38,6 +39,7 @@ REGION = 128  # side of a cached organ region (voxels at 1.5 mm: 19 cm, a liver)
 def make_supports(folder: Path, k: int, channels: int, cut: str) -> list:
     """K synthetic cached regions on disk (fp16 features, uint8 labels with a central organ), memory-mapped."""
     rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for i in range(k):
         names = ["features"] if cut == "decoder1" else ["enc0", "dec0"]
@@ -77,7 +79,7 @@ def worker(mode: str, adapter_kind: str, k: int, fs: int, crop: int, steps: int,
     params = count_trainable(adapter)
     rng = np.random.default_rng(0)
     if mode == "cached":
-        sampler = CropSampler(make_supports(folder, k, fs, cut), crop, rng, align=2 if cut == "pre-decoder1" else 1)
+        sampler = CropSampler(make_supports(folder / cut, k, fs, cut), crop, rng, align=2 if cut == "pre-decoder1" else 1)
 
         def batch():
             feats, label = sampler.sample(positive=True)
@@ -153,10 +155,14 @@ def main() -> int:
         row = worker(mode, kind, int(k), args.feature_size, args.crop, args.steps, args.device, work)
         print("RESULT " + json.dumps(row))
         return 0
+    ks = [int(v) for v in args.ks.split(",")]
+    if "cached" in args.modes:  # written here, so that no worker's RSS counts the writing of the files
+        for cut in ("decoder1", "pre-decoder1"):
+            make_supports(work / cut, max(ks), args.feature_size, cut)
     rows = []
     for mode in args.modes.split(","):
         for kind in ADAPTERS:
-            for k in ([int(v) for v in args.ks.split(",")] if mode == "cached" else [1]):
+            for k in (ks if mode == "cached" else [1]):
                 if mode == "full-finetune" and kind != "lp":
                     continue  # full fine-tuning trains the whole model: the adapter on top changes little
                 cmd = [sys.executable, __file__, "--worker", mode, kind, str(k), "--feature-size", str(args.feature_size),
