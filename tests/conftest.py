@@ -57,10 +57,9 @@ def phantoms5(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def trunk5(tmp_path_factory):
-    """The tiny SPEC5 SwinUNETR (seed 0) exported at the decoder1 cut, fp32 only."""
+def checkpoint5(tmp_path_factory):
+    """The tiny SPEC5 SwinUNETR with seeded random weights, saved as safetensors."""
     import torch
-    from edgeseg.export.trunk import export_trunk
 
     from edgeseg.model.checkpoint import save_checkpoint
     from edgeseg.model.swinunetr import build_swinunetr
@@ -68,6 +67,23 @@ def trunk5(tmp_path_factory):
     torch.manual_seed(0)
     ckpt = tmp_path_factory.mktemp("ckpt5") / "tiny.safetensors"
     save_checkpoint(build_swinunetr(SPEC5), SPEC5, ckpt)
-    out = tmp_path_factory.mktemp("trunk5")
-    export_trunk(ckpt, out, precisions=("fp32",), threads=2)
+    return ckpt
+
+
+def _export5(checkpoint, out, cut):
+    from edgeseg.export.trunk import export_trunk
+
+    export_trunk(checkpoint, out, cut=cut, precisions=("fp32",), threads=2)
     return out
+
+
+@pytest.fixture(scope="session")
+def trunk5(checkpoint5, tmp_path_factory):
+    """SPEC5 exported at the decoder1 cut, fp32 only."""
+    return _export5(checkpoint5, tmp_path_factory.mktemp("trunk5"), "decoder1")
+
+
+@pytest.fixture(scope="session")
+def trunk5_pre(checkpoint5, tmp_path_factory):
+    """SPEC5 exported at the pre-decoder1 cut (enc0 full resolution, dec0 half), fp32 only."""
+    return _export5(checkpoint5, tmp_path_factory.mktemp("trunk5-pre"), "pre-decoder1")

@@ -91,3 +91,23 @@ def test_existing_adapter_is_kept_without_force(liver_cache, tmp_path):
         adapt(liver_cache, tmp_path / "a", AdaptConfig(adapter="lp", max_epochs=1, seed=0))
     with pytest.raises(InputError, match="pre-decoder1 cut"):
         adapt(liver_cache, tmp_path / "b", AdaptConfig(adapter="decoder-block", max_epochs=1, seed=0))
+
+
+def test_decoder_block_and_ft_last_train_on_the_pre_decoder1_cut(trunk5_pre, phantoms5, tmp_path):
+    import onnxruntime as ort
+
+    support, query = phantoms5
+    cache = tmp_path / "cache"
+    build_cache(trunk5_pre, support, "liver", cache, k=2, seed=0, query=[query], backend="ort", threads=2, context=0,
+                log=lambda m: None)
+    for kind in ("decoder-block", "ft-last"):
+        m = adapt(cache, tmp_path / kind, AdaptConfig(adapter=kind, max_epochs=2, crop=32, seed=0, threads=1, ti=True,
+                                                      ti_warmup=0))
+        assert m["cut"] == "pre-decoder1" and m["io"]["inputs"] == ["enc0", "dec0"] and m["graph_parity"]["passed"]
+        assert m["trainable_params"] == 12 * 12 * 8 + 24 * 12 * 27 + 12 * 12 * 27 + 24 * 12 + 13
+        assert len(m["size_prior"]["history"]) == 2
+        sess = ort.InferenceSession(str(tmp_path / kind / "adapter.onnx"), providers=["CPUExecutionProvider"])
+        enc0 = np.zeros((1, 12, 32, 32, 32), np.float32)
+        dec0 = np.zeros((1, 12, 16, 16, 16), np.float32)
+        assert sess.run(["logits"], {"enc0": enc0, "dec0": dec0})[0].shape == (1, 1, 32, 32, 32)
+    assert m["init"]["block"] == "checkpoint decoder1"
