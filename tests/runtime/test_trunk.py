@@ -12,38 +12,28 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-from edgeseg.export.trunk import export_trunk
 from edgeseg.runtime.backends import Backend, BackendInfo, TensorSpec
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import content_hash, read_manifest, write_manifest
 from edgeseg.runtime.preprocess import PreprocessSpec
 from edgeseg.runtime.trunk import Trunk, open_trunk
 
-from edgeseg.model.checkpoint import save_checkpoint
-from edgeseg.model.spec import TINY_TEST_SPEC, ModelSpec
-from edgeseg.model.swinunetr import build_swinunetr
+from tests.conftest import SPEC5
 from tests.helpers import ort_session, rel_l2
 from tests.skips import requires_openvino
 
-SPEC = ModelSpec(**TINY_TEST_SPEC, out_channels=3, class_names=("liver", "spleen", "kidney_left"),
-                 preprocess=PreprocessSpec(window=(64, 64, 64)))
+SPEC = SPEC5  # the shared tiny trunk (tests/conftest.py): one export serves this module and the cache tests
 C = SPEC.feature_size
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_checkpoint(build_swinunetr(SPEC), SPEC, path)
-    return path
+def checkpoint(checkpoint5):
+    return checkpoint5
 
 
 @pytest.fixture(scope="module")
-def trunk_dir(checkpoint, tmp_path_factory):
-    out = tmp_path_factory.mktemp("trunk")
-    export_trunk(checkpoint, out, precisions=("fp32",), threads=2)
-    return out
+def trunk_dir(trunk5):
+    return trunk5
 
 
 @pytest.fixture(scope="module")
