@@ -1,11 +1,12 @@
-"""Helpers shared by the benchmark scripts: where results go and how a machine and its memory are named."""
+"""Helpers shared by the benchmark scripts: where results go and how a machine is named."""
 
 from __future__ import annotations
 
 import os
 import re
-import resource
 from pathlib import Path
+
+from edgeseg.runtime.host import peak_rss_gib  # noqa: F401  (re-exported for the scripts)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -21,14 +22,3 @@ def machine_tag() -> str:
     slug = "-".join(slug.split("-")[:4]) or "unknown"
     return f"cpu-{slug}-{os.cpu_count()}c"
 
-
-def peak_rss_gib() -> float:
-    """This process's peak resident memory (VmHWM: unlike ru_maxrss, not inherited across fork/exec)."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 2**20, 2)
-    except OSError:
-        pass
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 
 
 def cpu_model() -> str:
@@ -30,3 +31,15 @@ def memory_gib() -> float | None:
 
 def host_description() -> dict:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": memory_gib(), "platform": platform.platform()}
+
+
+def peak_rss_gib() -> float:
+    """This process's peak resident memory in GiB (VmHWM: unlike ru_maxrss, not inherited across fork/exec)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) / 2**20, 3)
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)

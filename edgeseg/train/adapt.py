@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import resource
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.host import peak_rss_gib
 
 ADAPTER_KIND = "adapter"
 
@@ -46,10 +46,6 @@ class AdaptConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-def _rss_gib() -> float:
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
 
 
 class CropSampler:
@@ -220,7 +216,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
         "cache": {"path": str(Path(cache_dir).resolve()), "manifest_sha256": content_hash(cache.manifest)},
         "trunk_manifest_sha256": cache.trunk_manifest_hash,
         "loss_curve": [round(v, 6) for v in losses], "epochs": len(losses), "stopped": stopped,
-        "wall_seconds": round(wall, 2), "peak_rss_gib": _rss_gib(), "size_prior": size_prior,
+        "wall_seconds": round(wall, 2), "peak_rss_gib": peak_rss_gib(), "size_prior": size_prior,
         "io": {"inputs": list(trunk_manifest["io"]["outputs"]), "output": "logits"},
     }
     return save_adapter(adapter, out, body, force=force)
