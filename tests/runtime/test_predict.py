@@ -1,0 +1,102 @@
+"""Scan in, mask out: shapes, header geometry, volumes, reports, resume and refusals, with a stand-in
+engine whose answer is known (it returns the phantom's own liver and spleen on the model grid)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.nifti import load_scan
+from edgeseg.runtime.predict import PredictOptions, collect_inputs, predict_many
+from edgeseg.runtime.preprocess import preprocess
+from edgeseg.train.losses import dice_score
+from tests.conftest import PRE5
+
+
+class OracleEngine:
+    """Answers with the reference labels of the scan it is given (looked up by its shape)."""
+
+    def __init__(self, cases: list[Path], organs=("liver", "spleen")):
+        self.organs = organs
+        self.preprocess = PRE5
+        self.folder = Path("oracle")
+        self.ran = {"backend": "oracle", "precision": "fp32", "device": "none"}
+        self.calls = 0
+        self.answers = {}
+        for case in cases:
+            labels = [preprocess(case / "ct.nii.gz", PRE5, label=case / "segmentations" / f"{o}.nii.gz").label
+                      for o in organs]
+            self.answers[labels[0].shape] = np.stack(labels).astype(np.float32)
+
+    def probabilities(self, volume, *, overlap, batch_size, stats=None, **_):
+        self.calls += 1
+        if stats is not None:
+            stats.update(windows=1, run=1, skipped=0, batches=1)
+        return self.answers[volume.shape[1:]]
+
+
+@pytest.fixture
+def scans(phantoms5):
+    support, _ = phantoms5
+    return sorted(p for p in support.iterdir() if p.is_dir())[:2]
+
+
+def test_masks_come_back_on_the_input_grid_with_a_report(scans, tmp_path):
+    engine = OracleEngine(scans)
+    reports = predict_many(engine, [s / "ct.nii.gz" for s in scans[:1]], tmp_path,
+                           PredictOptions(save_prob=True, preview=True, lcc=True))
+    (r,) = reports
+    src = nib.load(str(scans[0] / "ct.nii.gz"))
+    for organ in ("liver", "spleen"):
+        out = nib.load(str(tmp_path / f"ct_{organ}.nii.gz"))
+        assert out.shape == src.shape and np.array_equal(out.affine, src.affine) and out.get_data_dtype() == np.uint8
+        truth = np.asarray(nib.load(str(scans[0] / "segmentations" / f"{organ}.nii.gz")).dataobj)
+        assert dice_score(np.asarray(out.dataobj), truth) > 0.98
+        voxel_ml = abs(np.linalg.det(src.affine[:3, :3])) / 1000
+        assert r["volume_ml"][organ] == pytest.approx(float(np.asarray(out.dataobj).sum()) * voxel_ml, rel=1e-6)
+    labels = np.asarray(nib.load(str(tmp_path / "ct_labels.nii.gz")).dataobj)
+    assert set(np.unique(labels)) == {0, 1, 2}
+    assert (tmp_path / "ct_preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / "ct.json").read_text())
+    assert saved == r and set(r["seconds"]) == {"read", "preprocess", "inference", "postprocess", "write"}
+    assert r["ran"]["backend"] == "oracle" and r["peak_rss_gib"] > 0 and not (tmp_path / "ct.partial").exists()
+
+
+def test_done_cases_are_skipped_and_a_crashed_case_is_redone(scans, tmp_path):
+    engine = OracleEngine(scans)
+    inputs = [tmp_path / "list.txt"]
+    (tmp_path / "a.nii.gz").write_bytes((scans[0] / "ct.nii.gz").read_bytes())
+    (tmp_path / "b.nii.gz").write_bytes((scans[1] / "ct.nii.gz").read_bytes())
+    inputs[0].write_text("a.nii.gz\nb.nii.gz\n")
+    out = tmp_path / "out"
+    predict_many(engine, inputs, out, PredictOptions())
+    assert engine.calls == 2
+    (out / "b.json").unlink()
+    (out / "b.partial").write_text("crashed")  # as a run killed mid-case leaves it
+    reports = predict_many(engine, inputs, out, PredictOptions())
+    assert engine.calls == 3 and reports[0]["skipped"] and "volume_ml" in reports[1]
+
+
+def test_user_files_are_not_overwritten_without_force(scans, tmp_path):
+    engine = OracleEngine(scans)
+    (tmp_path / "ct_liver.nii.gz").write_bytes(b"a user's file")
+    with pytest.raises(InputError, match="--force"):
+        predict_many(engine, [scans[0] / "ct.nii.gz"], tmp_path, PredictOptions())
+    assert (tmp_path / "ct_liver.nii.gz").read_bytes() == b"a user's file"
+    predict_many(engine, [scans[0] / "ct.nii.gz"], tmp_path, PredictOptions(force=True))
+    assert load_scan(tmp_path / "ct_liver.nii.gz", label=True).data.any()
+
+
+def test_inputs_folders_lists_and_errors(scans, tmp_path):
+    assert collect_inputs([scans[0]]) == [scans[0] / "ct.nii.gz"]
+    with pytest.raises(InputError, match="not found"):
+        collect_inputs([tmp_path / "missing.nii.gz"])
+    with pytest.raises(InputError, match="share the case name"):
+        collect_inputs([scans[0] / "ct.nii.gz", scans[1] / "ct.nii.gz"])
+    with pytest.raises(InputError, match="no .nii"):
+        collect_inputs([tmp_path])
