@@ -284,6 +284,70 @@ def adapt(
 
 
 @app.command()
+def fuse(
+    trunk: Path = typer.Option(..., "--trunk", help="The exported trunk folder the adapters were trained on."),
+    adapter: list[Path] = typer.Option(..., "--adapter", help="Adapter folder(s); several give one graph with one head per organ."),
+    out: Path = typer.Option(..., "--out", help="Engine folder: fused.fp32.onnx, fused.fp16.onnx, [plan], manifest.json."),
+    tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine (reuses the trunk's timing cache)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing engine in --out."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Merge the trunk graph with adapter graph(s) into one engine: CT window -> organ probabilities (parity-checked)."""
+    from rich.markup import escape
+
+    with _user_errors(as_json):
+        from edgeseg.export.fuse import fuse as run_fuse
+
+        con = _console(stderr=as_json)
+        manifest = run_fuse(trunk, list(adapter), out, tensorrt=tensorrt, force=force,
+                            log=lambda msg: con.print(escape(msg), highlight=False))
+        if as_json:
+            print(json.dumps(manifest, indent=2))
+        else:
+            con.print(f"[green]engine[/] {escape(str(out))}: organs {', '.join(manifest['organs'])}", highlight=False)
+
+
+@app.command()
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="NIfTI scans, folders of them, or text files listing them."),
+    engine: Path = typer.Option(..., "--engine", help="An engine folder (edgeseg fuse); it holds one head per organ."),
+    out: Path = typer.Option(..., "--out", help="Output folder: <case>_<organ>.nii.gz, <case>.json, ..."),
+    backend: str = typer.Option("auto", "--backend", help="auto, ort, openvino, torch or tensorrt (auto prints which ran)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="Graph to run: fp32 (default) or fp16."),
+    overlap: float = typer.Option(0.25, "--overlap", min=0.0, max=0.95, help="Sliding-window overlap."),
+    sw_batch: int = typer.Option(1, "--sw-batch", min=1, help="Windows per inference batch."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0),
+    lcc: bool = typer.Option(False, "--lcc", help="Keep each organ's largest connected component."),
+    save_prob: bool = typer.Option(False, "--save-prob", help="Also write <case>_<organ>_prob.nii.gz."),
+    preview: bool = typer.Option(False, "--preview", help="Also write <case>_preview.png (three slices, contours)."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    force: bool = typer.Option(False, "--force", help="Redo cases that have a report and overwrite existing outputs."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Segment new scans: NIfTI in, mask NIfTI out in each scan's own space, one report per scan."""
+    from rich.markup import escape
+    from rich.progress import Progress
+
+    with _user_errors(as_json):
+        from edgeseg.runtime.engine import open_engine
+        from edgeseg.runtime.predict import PredictOptions, predict_many
+
+        opts = PredictOptions(overlap=overlap, sw_batch=sw_batch, threshold=threshold, lcc=lcc, save_prob=save_prob,
+                              preview=preview, force=force)
+        con = _console(stderr=as_json)
+        with open_engine(engine, backend=backend, precision=precision, threads=threads) as eng:
+            con.print(escape(f"engine {engine}: {', '.join(eng.organs)} on {eng.ran['backend']} {eng.ran['precision']} "
+                             f"({eng.ran['device']})"), highlight=False)
+            with Progress(console=con, transient=True) as bar:
+                task = bar.add_task("segmenting", total=None)
+                reports = predict_many(eng, inputs, out, opts,
+                                       progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                       log=lambda msg: con.print(escape(msg), highlight=False))
+        if as_json:
+            print(json.dumps(reports, indent=2))
+
+
+@app.command()
 def checkpoint(
     path: Path = typer.Argument(..., help="A SwinUNETR checkpoint (.pt/.pth/.safetensors) in any public layout."),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="Model spec JSON (default: the file's own, else inferred from the tensors)."),

@@ -61,12 +61,24 @@ def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
     for p in found:
         if not p.exists():
             raise InputError("input scan not found", path=p, fix="check the path (lists are read relative to their folder)")
-    names = [case_name(p) for p in found]
+    case_names(found)  # refuse colliding outputs before any work
+    return found
+
+
+# File names that dataset layouts give every scan (TotalSegmentator: sXXXX/ct.nii.gz): the folder names the case.
+GENERIC_NAMES = {"ct", "image", "img", "scan", "volume"}
+
+
+def case_names(paths: Sequence[Path]) -> list[str]:
+    """Output names per scan, stable whatever else is in the batch: the file name without .nii(.gz), or
+    `<folder>_<name>` for a generic file name such as ct.nii.gz."""
+    stems = [case_name(p) for p in paths]
+    names = [f"{p.parent.name}_{s}" if s.lower() in GENERIC_NAMES else s for p, s in zip(paths, stems)]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"several inputs share the case name(s) {dupes}: their outputs would collide",
                          fix="rename the scans or run them into separate --out folders")
-    return found
+    return names
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
@@ -90,11 +102,11 @@ def outputs_for(case: str, organs: Sequence[str], opts: PredictOptions) -> list[
     return names
 
 
-def predict_scan(engine, path: Path, out: Path, opts: PredictOptions) -> dict:
+def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str | None = None) -> dict:
     """Segment one scan with an open engine; returns (and writes) its report."""
     from edgeseg.runtime.preprocess import mask_to_input_grid, preprocess_scan, to_input_grid
 
-    case = case_name(path)
+    case = case or case_names([path])[0]
     report_path, marker = out / f"{case}.json", out / f"{case}.partial"
     mine = marker.exists()
     force = opts.force or mine  # a marker means an edgeseg run began this case: its files are ours to redo
@@ -170,14 +182,13 @@ def predict_many(engine, inputs: Sequence[str | Path], out: str | Path, opts: Pr
     out = Path(out)
     scans = collect_inputs(inputs)
     reports = []
-    for i, path in enumerate(scans):
-        case = case_name(path)
+    for i, (path, case) in enumerate(zip(scans, case_names(scans))):
         done = out / f"{case}.json"
         if done.exists() and not opts.force and not (out / f"{case}.partial").exists():
             log(f"{case}: already segmented ({done.name}); skipped (--force to redo)")
             reports.append({"case": case, "skipped": True, "report": str(done)})
         else:
-            r = predict_scan(engine, path, out, opts)
+            r = predict_scan(engine, path, out, opts, case)
             vols = ", ".join(f"{o} {v:.1f} mL" for o, v in r["volume_ml"].items())
             log(f"{case}: {vols}; {r['total_seconds']:.1f} s ({r['ran']['backend']} {r['ran']['precision']}), "
                 f"{r['windows']['run']} windows")

@@ -12,7 +12,7 @@ import pytest
 
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.nifti import load_scan
-from edgeseg.runtime.predict import PredictOptions, collect_inputs, predict_many
+from edgeseg.runtime.predict import PredictOptions, case_names, collect_inputs, predict_many
 from edgeseg.runtime.preprocess import preprocess
 from edgeseg.train.losses import dice_score
 from tests.conftest import PRE5
@@ -53,18 +53,18 @@ def test_masks_come_back_on_the_input_grid_with_a_report(scans, tmp_path):
     (r,) = reports
     src = nib.load(str(scans[0] / "ct.nii.gz"))
     for organ in ("liver", "spleen"):
-        out = nib.load(str(tmp_path / f"ct_{organ}.nii.gz"))
+        out = nib.load(str(tmp_path / f"{scans[0].name}_ct_{organ}.nii.gz"))
         assert out.shape == src.shape and np.array_equal(out.affine, src.affine) and out.get_data_dtype() == np.uint8
         truth = np.asarray(nib.load(str(scans[0] / "segmentations" / f"{organ}.nii.gz")).dataobj)
         assert dice_score(np.asarray(out.dataobj), truth) > 0.98
         voxel_ml = abs(np.linalg.det(src.affine[:3, :3])) / 1000
         assert r["volume_ml"][organ] == pytest.approx(float(np.asarray(out.dataobj).sum()) * voxel_ml, rel=1e-6)
-    labels = np.asarray(nib.load(str(tmp_path / "ct_labels.nii.gz")).dataobj)
+    labels = np.asarray(nib.load(str(tmp_path / f"{scans[0].name}_ct_labels.nii.gz")).dataobj)
     assert set(np.unique(labels)) == {0, 1, 2}
-    assert (tmp_path / "ct_preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    saved = json.loads((tmp_path / "ct.json").read_text())
+    assert (tmp_path / f"{scans[0].name}_ct_preview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved = json.loads((tmp_path / f"{scans[0].name}_ct.json").read_text())
     assert saved == r and set(r["seconds"]) == {"read", "preprocess", "inference", "postprocess", "write"}
-    assert r["ran"]["backend"] == "oracle" and r["peak_rss_gib"] > 0 and not (tmp_path / "ct.partial").exists()
+    assert r["ran"]["backend"] == "oracle" and r["peak_rss_gib"] > 0 and not (tmp_path / f"{scans[0].name}_ct.partial").exists()
 
 
 def test_done_cases_are_skipped_and_a_crashed_case_is_redone(scans, tmp_path):
@@ -84,19 +84,21 @@ def test_done_cases_are_skipped_and_a_crashed_case_is_redone(scans, tmp_path):
 
 def test_user_files_are_not_overwritten_without_force(scans, tmp_path):
     engine = OracleEngine(scans)
-    (tmp_path / "ct_liver.nii.gz").write_bytes(b"a user's file")
+    user_file = tmp_path / f"{scans[0].name}_ct_liver.nii.gz"
+    user_file.write_bytes(b"a user's file")
     with pytest.raises(InputError, match="--force"):
         predict_many(engine, [scans[0] / "ct.nii.gz"], tmp_path, PredictOptions())
-    assert (tmp_path / "ct_liver.nii.gz").read_bytes() == b"a user's file"
+    assert user_file.read_bytes() == b"a user's file"
     predict_many(engine, [scans[0] / "ct.nii.gz"], tmp_path, PredictOptions(force=True))
-    assert load_scan(tmp_path / "ct_liver.nii.gz", label=True).data.any()
+    assert load_scan(user_file, label=True).data.any()
 
 
 def test_inputs_folders_lists_and_errors(scans, tmp_path):
     assert collect_inputs([scans[0]]) == [scans[0] / "ct.nii.gz"]
     with pytest.raises(InputError, match="not found"):
         collect_inputs([tmp_path / "missing.nii.gz"])
+    assert case_names([scans[0] / "ct.nii.gz", scans[1] / "ct.nii.gz"]) == [f"{s.name}_ct" for s in scans[:2]]
     with pytest.raises(InputError, match="share the case name"):
-        collect_inputs([scans[0] / "ct.nii.gz", scans[1] / "ct.nii.gz"])
+        collect_inputs([scans[0] / "ct.nii.gz", scans[0] / "ct.nii.gz"])
     with pytest.raises(InputError, match="no .nii"):
         collect_inputs([tmp_path])

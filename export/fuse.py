@@ -1,0 +1,384 @@
+"""`edgeseg fuse`: one trunk folder + adapter folders -> one engine folder (`fused.<precision>.onnx`).
+
+The fused graph is the trunk graph as exported (never re-exported) with every adapter graph appended:
+the trunk's outputs feed each adapter's inputs by name, each adapter's logit goes through a `Sigmoid`,
+and the graph's outputs are ``prob_<organ>`` (N, 1, D, H, W) float32, one per organ, in the order the
+adapters were given. The trunk runs once per window, whatever the number of organs. Adapter graphs
+keep their fp32 weights in the fp16 engine too (the mixed fp16 trunk keeps float32 I/O).
+
+Parity is part of fusion, as of export: each fused graph is run in ONNX Runtime CPU against PyTorch
+fp32 (trunk rebuilt from the checkpoint the trunk manifest names, checked by sha256, + the torch
+adapters loaded from their safetensors + sigmoid) on the trunk's parity inputs; masks are prob > 0.5.
+A miss keeps the graph under a `.rejected` name with its report and fails. `manifest.json` (kind
+"engine") is written last.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from edgeseg.export.parity import ParityReport, compare
+from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.manifest import (
+    MANIFEST_NAME,
+    content_hash,
+    read_manifest,
+    sha256_file,
+    write_manifest,
+)
+
+__all__ = ["ENGINE_KIND", "fuse", "fuse_graphs", "graph_name", "output_name"]
+
+ENGINE_KIND = "engine"
+PRECISIONS = ("fp32", "fp16")
+INPUT_NAME = "image"
+ADAPTER_GRAPH = "adapter.onnx"
+ADAPTER_WEIGHTS = "adapter.safetensors"
+REBUILD = "edgeseg fuse TRUNK ADAPTER... --out DIR"
+Log = Callable[[str], None]
+
+
+def graph_name(precision: str) -> str:
+    return f"fused.{precision}.onnx"
+
+
+def output_name(organ: str) -> str:
+    return f"prob_{organ}"
+
+
+# --- checks ---------------------------------------------------------------------------------------
+
+
+def _read_inputs(trunk_dir: Path, adapter_dirs: Sequence[Path]) -> tuple[dict, str, list[dict]]:
+    from edgeseg.runtime.trunk import read_trunk_manifest
+
+    trunk = read_trunk_manifest(trunk_dir)
+    trunk_hash = content_hash(trunk)
+    if not adapter_dirs:
+        raise InputError("no adapter given: an engine fuses the trunk with at least one adapter",
+                         fix="pass one or more adapter folders (edgeseg adapt ... --out DIR)")
+    adapters: list[dict] = []
+    seen: dict[str, Path] = {}
+    for folder in adapter_dirs:
+        m = read_manifest(folder, "adapter", rebuild="edgeseg adapt CACHE --out DIR")
+        made_by = m.get("trunk_manifest_sha256")
+        if made_by != trunk_hash:
+            raise InputError(
+                f"the adapter was trained on features of trunk manifest {str(made_by)[:12]}, but the trunk "
+                f"{trunk_dir} has manifest {trunk_hash[:12]}: its weights do not fit this trunk", path=folder,
+                fix="re-adapt on a cache built with this trunk (edgeseg cache ... ; edgeseg adapt ...), "
+                    "or fuse with the trunk the adapter was trained on")
+        if m.get("cut") != trunk["cut"]:
+            raise InputError(f"the adapter takes the {m.get('cut')!r} cut, the trunk was exported at {trunk['cut']!r}",
+                             path=folder, fix="fuse adapters with a trunk exported at their cut")
+        organ = m.get("organ")
+        if not organ:
+            raise InputError("the adapter manifest names no organ", path=folder, fix="re-adapt it with this edgeseg")
+        if organ in seen:
+            raise InputError(f"two adapters for organ {organ!r}: {seen[organ]} and {folder}", path=folder,
+                             fix="pass one adapter per organ")
+        seen[organ] = Path(folder)
+        inputs = list((m.get("io") or {}).get("inputs") or [])
+        if inputs != list(trunk["io"]["outputs"]):
+            raise InputError(f"the adapter takes inputs {inputs}, the trunk outputs {trunk['io']['outputs']}",
+                             path=folder, fix="re-adapt on a cache built with this trunk")
+        adapters.append({"folder": Path(folder), "manifest": m, "organ": organ})
+    return trunk, trunk_hash, adapters
+
+
+# --- graph surgery --------------------------------------------------------------------------------
+
+
+def _has_subgraphs(graph) -> bool:
+    import onnx
+
+    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node
+               for a in n.attribute)
+
+
+def _opset(model) -> int:
+    """The model's default-domain (ai.onnx) opset."""
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def fuse_graphs(trunk_model, adapters: Sequence[tuple[str, object]]):
+    """The fused ModelProto: `trunk_model` (onnx.ModelProto) with each (organ, adapter ModelProto) appended.
+
+    Adapter names (nodes, edges, initializers) get the prefix ``<organ>/``, except their inputs, which
+    are the trunk's outputs by name; each adapter's logit goes through a Sigmoid to ``prob_<organ>``.
+    The trunk's outputs stop being graph outputs. Both models are modified in place where convenient.
+    """
+    import onnx
+    from onnx import helper
+
+    fused = onnx.ModelProto()
+    fused.CopyFrom(trunk_model)
+    g = fused.graph
+    trunk_outputs = {o.name: o for o in g.output}
+    batch = trunk_model.graph.output[0].type.tensor_type.shape.dim[0]
+    trunk_opset = _opset(fused)
+    taken = {n.name for n in g.node} | {o for n in g.node for o in n.output} | {i.name for i in g.initializer} \
+        | {i.name for i in g.input}
+    new_outputs = []
+    for organ, adapter in adapters:
+        a = onnx.ModelProto()
+        a.CopyFrom(adapter)
+        if _has_subgraphs(a.graph) or len(a.functions):
+            raise InputError(f"the {organ} adapter graph has subgraphs or functions, which fusion does not handle",
+                             fix="re-adapt with this edgeseg (adapter graphs are plain convolutions)")
+        if _opset(a) != trunk_opset:
+            import onnx.version_converter
+
+            a = onnx.version_converter.convert_version(a, trunk_opset)
+        a_inputs = [i.name for i in a.graph.input if i.name not in {t.name for t in a.graph.initializer}]
+        missing = [n for n in a_inputs if n not in trunk_outputs]
+        if missing:
+            raise InputError(f"the {organ} adapter graph takes {missing}, which the trunk does not output "
+                             f"(it outputs {list(trunk_outputs)})", fix="re-adapt on a cache built with this trunk")
+        if len(a.graph.output) != 1:
+            raise InputError(f"the {organ} adapter graph has {len(a.graph.output)} outputs, not one logit",
+                             fix="re-adapt with this edgeseg")
+        prefix = f"{organ}/"
+        keep = set(a_inputs)
+
+        def ren(name: str, keep: set = keep, prefix: str = prefix) -> str:
+            return name if (not name or name in keep) else prefix + name
+
+        for init in a.graph.initializer:
+            init.name = ren(init.name)
+            g.initializer.append(init)
+        for sparse in a.graph.sparse_initializer:
+            sparse.values.name = ren(sparse.values.name)
+            g.sparse_initializer.append(sparse)
+        for node in a.graph.node:
+            node.name = prefix + (node.name or node.op_type)
+            node.input[:] = [ren(x) for x in node.input]
+            node.output[:] = [ren(x) for x in node.output]
+            g.node.append(node)
+        for vi in a.graph.value_info:
+            if vi.name not in keep:
+                vi.name = ren(vi.name)
+                g.value_info.append(vi)
+        logits = ren(a.graph.output[0].name)
+        prob = output_name(organ)
+        clash = {prob, logits} & taken
+        if clash:
+            raise InputError(f"fused names {sorted(clash)} clash with names in the trunk graph",
+                             fix="report this: organ names should not collide with trunk graph names")
+        g.node.append(helper.make_node("Sigmoid", [logits], [prob], name=f"{prefix}sigmoid"))
+        out = helper.make_tensor_value_info(prob, onnx.TensorProto.FLOAT, None)
+        dims = out.type.tensor_type.shape.dim
+        first = dims.add()
+        first.CopyFrom(batch)
+        shape = [1] + [d for d in _spatial(trunk_model)]
+        for v in shape:
+            dims.add().dim_value = int(v)
+        new_outputs.append(out)
+        taken |= {prob, logits}
+        for o in a.opset_import:
+            if o.domain not in ("", "ai.onnx") and all(x.domain != o.domain for x in fused.opset_import):
+                fused.opset_import.append(o)
+        fused.ir_version = max(fused.ir_version, a.ir_version)
+    del g.output[:]
+    g.output.extend(new_outputs)
+    fused.producer_name = "edgeseg.fuse"
+    return fused
+
+
+def _spatial(trunk_model) -> list[int]:
+    dims = trunk_model.graph.input[0].type.tensor_type.shape.dim
+    return [d.dim_value for d in dims[2:]]
+
+
+# --- parity reference -----------------------------------------------------------------------------
+
+
+def _torch_reference(trunk_dir: Path, trunk: dict, adapters: list[dict], inputs: dict) -> dict:
+    """PyTorch fp32: trunk split at the cut from the recorded checkpoint + torch adapters + sigmoid."""
+    import torch
+    from edgeseg.export.trunk import torch_outputs
+    from safetensors.torch import load_file
+
+    from edgeseg.adapters import build_adapter
+    from edgeseg.model.checkpoint import load_checkpoint
+    from edgeseg.model.spec import ModelSpec
+    from edgeseg.model.swinunetr import split
+
+    ckpt = trunk.get("checkpoint") or {}
+    path = Path(ckpt.get("path", ""))
+    if not ckpt.get("path") or not path.is_file():
+        raise InputError(f"parity of the fused graph needs the trunk's checkpoint, which is not at {str(path)!r}",
+                         path=trunk_dir, fix="put the checkpoint the trunk was exported from back at that path")
+    if sha256_file(path) != ckpt.get("sha256"):
+        raise InputError("the checkpoint differs from the one the trunk was exported from (sha256)", path=path,
+                         fix="restore the original checkpoint, or re-export the trunk and re-adapt")
+    model, _, _ = load_checkpoint(path, ModelSpec.from_dict(trunk["model_spec"]), allow_partial=True)
+    model.eval()
+    trunk_module, _ = split(model, trunk["cut"])
+    features = torch_outputs(trunk_module.eval(), inputs)
+    modules = []
+    for a in adapters:
+        m = a["manifest"]
+        kind = m["adapter"]
+        module = build_adapter(kind, feature_size=int(m["feature_size"]),
+                               pretrained=model if kind == "ft-last" else None)
+        module.load_state_dict(load_file(str(a["folder"] / ADAPTER_WEIGHTS)))
+        modules.append(module.eval())
+    reference = {}
+    with torch.inference_mode():
+        for name, outs in features.items():
+            feats = [torch.from_numpy(o) for o in outs]
+            reference[name] = tuple(torch.sigmoid(mod(*feats)).numpy().copy() for mod in modules)
+    return reference
+
+
+def _masks(outputs: Sequence[np.ndarray]) -> np.ndarray:
+    return np.stack([np.asarray(o) > 0.5 for o in outputs])
+
+
+def _check(path: Path, precision: str, inputs, reference, *, threads: int | None, files: Sequence[Path]) -> ParityReport:
+    from edgeseg.export.trunk import _reject
+    from edgeseg.runtime.backends import open_backend
+
+    backend = open_backend("ort", path, precision=precision, device="cpu", threads=threads)
+    with backend:
+        got = {name: backend.predict(x) for name, x in inputs.items()}
+    report = compare(reference, got, _masks, artifact=path.name, backend="ort-cpu", precision=precision)
+    if not report.passed:
+        _reject(path.parent, files, report)
+        report.raise_if_failed(fix="the fused graph is kept under a .rejected name with its report; check that the "
+                               "trunk and adapters are the ones recorded, or report the numbers")
+    return report
+
+
+# --- fuse ------------------------------------------------------------------------------------------
+
+
+def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | Path, *,
+         precisions: Sequence[str] = PRECISIONS, tensorrt: bool = False, force: bool = False,
+         threads: int | None = None, log: Log = print) -> dict:
+    """Fuse the trunk in `trunk_dir` with the adapters in `adapter_dirs` into folder `out`; returns its manifest.
+
+    One fused graph per precision in `precisions` that the trunk folder holds (a precision it lacks is
+    skipped with a log line; none at all is refused). `tensorrt=True` also builds a TensorRT engine
+    from the fused fp16 graph (TensorRT and a GPU needed; refused before any work otherwise).
+    """
+    import onnx
+    import onnx_ir as ir
+    from edgeseg.export.onnx import save_ir_model
+    from edgeseg.export.trunk import parity_inputs
+
+    from edgeseg.model.spec import ModelSpec
+
+    trunk_dir, out = Path(trunk_dir), Path(out)
+    adapter_dirs = [Path(a) for a in adapter_dirs]
+    precisions = tuple(dict.fromkeys(precisions))
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad or not precisions:
+        raise InputError(f"--precision {','.join(precisions) or '(none)'}: choose from {', '.join(PRECISIONS)}",
+                         fix="e.g. --precision fp32,fp16")
+    if tensorrt:
+        from edgeseg.runtime.backends import _require
+
+        if "fp16" not in precisions:
+            raise InputError("--tensorrt builds from the fused fp16 graph", fix="add fp16 to --precision")
+        _require("tensorrt", "TensorRT")  # BackendUnavailable with the install hint, before any work
+    if (out / MANIFEST_NAME).exists() and not force:
+        raise InputError("already holds an engine", path=out, fix="pass --force to replace it, or choose another --out")
+    trunk, trunk_hash, adapters = _read_inputs(trunk_dir, adapter_dirs)
+    present = [p for p in precisions if p in (trunk.get("graphs") or {})]
+    for p in precisions:
+        if p not in present:
+            log(f"the trunk has no {p} graph: no fused {p} graph")
+    if not present:
+        raise InputError(f"the trunk holds none of the precisions asked for ({', '.join(precisions)})", path=trunk_dir,
+                         fix="ask for a precision the trunk has, or re-export it with --precision fp32,fp16")
+    if tensorrt and "fp16" not in present:
+        raise InputError("--tensorrt builds from the fused fp16 graph, and the trunk has no fp16 graph", path=trunk_dir,
+                         fix="re-export the trunk with --precision fp32,fp16")
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    organs = [a["organ"] for a in adapters]
+
+    t0 = time.perf_counter()
+    model_spec = ModelSpec.from_dict(trunk["model_spec"])
+    inputs = parity_inputs(model_spec)
+    reference = _torch_reference(trunk_dir, trunk, adapters, inputs)
+    timings["parity_reference"] = time.perf_counter() - t0
+
+    adapter_models = [(a["organ"], onnx.load(str(a["folder"] / ADAPTER_GRAPH))) for a in adapters]
+    graphs: dict[str, dict] = {}
+    files: list[Path] = []
+    for precision in present:
+        t0 = time.perf_counter()
+        src = trunk_dir / trunk["graphs"][precision]["file"]
+        fused = fuse_graphs(onnx.load(str(src)), adapter_models)
+        path = out / graph_name(precision)
+        log(f"fusing {src.name} with {len(adapters)} adapter(s) ({', '.join(organs)}) -> {path.name} ...")
+        data = save_ir_model(ir.serde.deserialize_model(fused), path, force=force)
+        del fused
+        these = [path] + ([data] if data else [])
+        timings[f"fuse_{precision}"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        log(f"parity of {path.name} (ONNX Runtime CPU vs PyTorch fp32 trunk + adapters) ...")
+        report = _check(path, precision, inputs, reference, threads=threads, files=these)
+        timings[f"parity_{precision}"] = time.perf_counter() - t0
+        for line in report.lines():
+            log(line)
+        graphs[precision] = {"file": path.name, "data_file": data.name if data else None,
+                             "trunk_graph": src.name, "parity": report.to_dict()}
+        files += these
+
+    engines = {}
+    if tensorrt:
+        engines = _build_tensorrt(out, trunk_dir, trunk, inputs, reference, log, force, timings)
+        files += [out / e["file"] for e in engines.values()]
+
+    body = {
+        "organs": organs,
+        "trunk": {"folder": str(trunk_dir.resolve()), "manifest_sha256": trunk_hash},
+        "adapters": [{"organ": a["organ"], "adapter": a["manifest"]["adapter"], "folder": str(a["folder"].resolve()),
+                      "manifest_sha256": content_hash(a["manifest"])} for a in adapters],
+        "cut": trunk["cut"],
+        "model_spec": trunk["model_spec"],
+        "export_spec": trunk.get("export_spec"),
+        "preprocess": trunk["preprocess"],
+        "preprocess_sha256": trunk.get("preprocess_sha256"),
+        "window": list(model_spec.window),
+        "io": {"input": INPUT_NAME, "outputs": [output_name(o) for o in organs]},
+        "graphs": graphs,
+        "engines": engines,
+        "parity_inputs": sorted(inputs),
+        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+    }
+    return write_manifest(out, ENGINE_KIND, body, [f.relative_to(out) for f in files], force=True)
+
+
+def _build_tensorrt(out: Path, trunk_dir: Path, trunk: dict, inputs, reference, log: Log, force: bool,
+                    timings: dict) -> dict:
+    from edgeseg.export.tensorrt import build_engine, engine_key, plan_name
+    from edgeseg.export.trunk import _reject
+    from edgeseg.runtime.backends import open_backend
+
+    max_batch = int((trunk.get("export_spec") or {}).get("max_batch") or 1)
+    key, key_text = engine_key()
+    plan = out / plan_name(key, stem="fused")
+    log(f"building TensorRT engine {plan.name} (strongly typed, from the fused fp16 graph) ...")
+    build = build_engine(out / graph_name("fp16"), plan, min_batch=1, opt_batch=max_batch, max_batch=max_batch,
+                         timing_cache_path=trunk_dir / f"timing.{key_text}.cache", force=force)
+    timings["build_tensorrt"] = build.seconds
+    backend = open_backend("tensorrt", plan, manifest_key=key)
+    with backend:
+        got = {name: backend.predict(x) for name, x in inputs.items()}
+    report = compare(reference, got, _masks, artifact=plan.name, backend="tensorrt", precision="fp16")
+    for line in report.lines():
+        log(line)
+    if not report.passed:
+        _reject(out, [plan], report)
+        report.raise_if_failed(fix="the engine is kept under a .rejected name with its report")
+    entry = build.to_dict()
+    entry["plan_path"] = plan.name
+    return {key_text: {"file": plan.name, "key": key, "build": entry, "parity": report.to_dict()}}

@@ -1,0 +1,239 @@
+"""A fused engine folder (`edgeseg fuse`), opened for inference: trunk + adapters in one graph.
+
+`open_engine(folder)` reads the engine's `manifest.json` (kind "engine"; self-hash and every file's
+sha256 checked), picks the fused graph (fp32 by default) or the TensorRT plan, opens a backend (by
+name, or the "auto" choice of `choose_backend`, which says what ran and why) and returns an `Engine`.
+`Engine.probabilities(volume)` runs the one sliding window over a preprocessed volume and returns
+``(n_organs, D, H, W)`` float32 probabilities, organs in `Engine.organs` order.
+
+Torch-free: there is no torch backend for a fused engine (it would be the trunk and adapters rebuilt,
+not the fused graph).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.manifest import content_hash, read_manifest
+from edgeseg.runtime.preprocess import PreprocessSpec
+
+__all__ = ["BACKEND_CHOICES", "ENGINE_KIND", "Engine", "open_engine", "read_engine_manifest"]
+
+ENGINE_KIND = "engine"
+REBUILD = "edgeseg fuse TRUNK ADAPTER... --out DIR"
+BACKEND_CHOICES = ("auto", "ort", "openvino", "tensorrt")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+
+
+def read_engine_manifest(folder: str | Path, *, verify_files: bool = True) -> dict:
+    """The engine's manifest, checked (kind, self-hash, files) and sanity-checked for what the runtime reads."""
+    folder = Path(folder)
+    manifest = read_manifest(folder, ENGINE_KIND, verify_files=verify_files, rebuild=REBUILD)
+    path = folder / "manifest.json"
+    missing = [k for k in ("organs", "graphs", "preprocess", "io", "window") if k not in manifest]
+    if missing:
+        raise InputError(f"lacks {', '.join(missing)}: not an engine manifest this edgeseg can read", path=path,
+                         fix=f"fuse again: {REBUILD}")
+    spec = PreprocessSpec.from_dict(manifest["preprocess"])
+    recorded = manifest.get("preprocess_sha256")
+    if recorded is not None and recorded != spec.sha256():
+        raise InputError("its preprocessing spec does not match the hash recorded beside it", path=path,
+                         fix=f"fuse again: {REBUILD}")
+    if list(manifest["io"].get("outputs") or []) != [f"prob_{o}" for o in manifest["organs"]]:
+        raise InputError("its outputs do not match its organs", path=path, fix=f"fuse again: {REBUILD}")
+    return manifest
+
+
+def _present(manifest: dict) -> str:
+    parts = [f"{p} ({g.get('file', '?')})" for p, g in sorted((manifest.get("graphs") or {}).items())]
+    parts += [f"TensorRT engine {e.get('file', k)}" for k, e in sorted((manifest.get("engines") or {}).items())]
+    return ", ".join(parts) or "no graph at all"
+
+
+def _graph_path(folder: Path, manifest: dict, precision: str) -> Path:
+    graphs = manifest.get("graphs") or {}
+    if precision not in graphs:
+        raise InputError(f"has no fused {precision} graph; it holds {_present(manifest)}", path=folder,
+                         fix=f"fuse with --precision {precision} from a trunk that has it, or ask for a precision "
+                             "the folder has")
+    return folder / graphs[precision]["file"]
+
+
+def _pick_engine(folder: Path, manifest: dict, *, required: bool):
+    engines = manifest.get("engines") or {}
+    if not engines:
+        if required:
+            raise InputError(f"has no TensorRT engine; it holds {_present(manifest)}", path=folder,
+                             fix=f"build one on this GPU: {REBUILD} --tensorrt, or choose --backend ort/openvino")
+        return None
+    chosen = next(iter(sorted(engines.items())))
+    if len(engines) > 1:
+        try:
+            from edgeseg.runtime.backends.tensorrt import current_engine_key, key_string
+
+            here = key_string(current_engine_key())
+            if here in engines:
+                chosen = (here, engines[here])
+        except Exception:  # no TensorRT or GPU here: the backend refuses the engine with the reason
+            pass
+    return folder / chosen[1]["file"], chosen[1].get("key")
+
+
+class Engine:
+    """An opened fused engine: manifest, preprocessing, organs and an active backend.
+
+    Build with `open_engine`. The constructor takes any active-able `Backend` (tests pass stand-ins).
+    """
+
+    def __init__(self, folder: str | Path | None, manifest: dict, backend, *, precision: str, reason: str = ""):
+        self.folder = None if folder is None else Path(folder)
+        self.manifest = manifest
+        self.manifest_hash = content_hash(manifest)
+        self.organs: tuple[str, ...] = tuple(manifest["organs"])
+        self.output_names: tuple[str, ...] = tuple(manifest["io"]["outputs"])
+        self.cut = manifest.get("cut")
+        self.preprocess = PreprocessSpec.from_dict(manifest["preprocess"])
+        self.window: tuple[int, int, int] = tuple(int(w) for w in manifest["window"])  # type: ignore[assignment]
+        self.graph_precision = precision
+        self.max_batch = int((manifest.get("export_spec") or {}).get("max_batch") or 1)
+        self.in_channels = int((manifest.get("model_spec") or {}).get("in_channels") or 1)
+        self.backend = backend.activate()
+        self.reason = reason
+        outputs = getattr(self.backend, "outputs", None) or []
+        if outputs and [o.name for o in outputs] != list(self.output_names):
+            raise InputError(f"the graph has outputs {[o.name for o in outputs]}, the manifest lists "
+                             f"{list(self.output_names)}", path=self.folder, fix=f"fuse again: {REBUILD}")
+
+    @property
+    def ran(self) -> dict:
+        """What runs (backend, precision, device, detail), as recorded in reports."""
+        return self.backend.describe().to_dict()
+
+    def describe(self) -> str:
+        info = self.backend.describe()
+        return f"{info.backend} {info.precision} on {info.device}"
+
+    def probabilities(self, volume_chw: np.ndarray, *, overlap: float = 0.25, batch_size: int = 1,
+                      progress: Callable[[int, int], None] | None = None,
+                      skip: Callable[[Sequence[int]], bool] | None = None, stats: dict | None = None) -> np.ndarray:
+        """Per-organ probabilities (n_organs, D, H, W) float32 over a preprocessed volume (C, D, H, W)."""
+        from edgeseg.runtime.sliding_window import sliding_window
+
+        if not isinstance(volume_chw, np.ndarray) or volume_chw.ndim != 4:
+            raise InputError(f"volume of shape {getattr(volume_chw, 'shape', None)} must be (C, D, H, W)",
+                             fix="pass the preprocessed image with a channel axis, e.g. prepared.image[None]")
+        if volume_chw.shape[0] != self.in_channels:
+            raise InputError(f"volume has {volume_chw.shape[0]} channel(s), the engine takes {self.in_channels}",
+                             fix="pass the preprocessed image with one channel axis, e.g. prepared.image[None]")
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= self.max_batch:
+            raise InputError(f"batch_size {batch_size!r} must be between 1 and the exported maximum {self.max_batch}",
+                             fix=f"pass --batch 1..{self.max_batch}")
+        volume = np.asarray(volume_chw, dtype=np.float32)
+        outs = sliding_window(volume, self.window, self.backend.predict, overlap=overlap, batch_size=batch_size,
+                              progress=progress, skip=skip, out_dtype=np.float32, stats=stats)
+        if len(outs) != len(self.organs):
+            raise InputError(f"the graph returned {len(outs)} outputs for {len(self.organs)} organs",
+                             path=self.folder, fix=f"fuse again: {REBUILD}")
+        return np.concatenate([np.asarray(o, dtype=np.float32) for o in outs], axis=0)
+
+    def close(self) -> None:
+        self.backend.deactivate()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Engine {self.folder} organs={list(self.organs)} window={self.window} ran={self.describe()!r}>"
+
+
+def open_engine(folder: str | Path, *, backend: str = "auto", precision: str | None = None,
+                threads: int | None = None, device: str | None = None,
+                cache_dir: str | Path | None = None) -> Engine:
+    """Open the fused engine in `folder` on `backend`; the returned `Engine` is active (close it, or `with`).
+
+    backend: "auto" (`choose_backend` over every artifact the folder holds, fastest usable first), or one
+    of "ort", "openvino", "tensorrt" (no fallback). precision: None: the fp32 graph for a named backend
+    (the plan's fp16 for "tensorrt"), any graph for "auto" (fp16 on GPU candidates only); "fp32" /
+    "fp16": that graph only; "bf16": OpenVINO in bf16 on the fp32 graph.
+    """
+    folder = Path(folder)
+    key = str(backend).strip().lower()
+    if key not in BACKEND_CHOICES:
+        raise InputError(f"unknown backend {backend!r} for a fused engine; choices: {', '.join(BACKEND_CHOICES)}",
+                         fix=f"use one of {', '.join(BACKEND_CHOICES)}")
+    if precision is not None and precision not in PRECISION_CHOICES:
+        raise InputError(f"unknown precision {precision!r}; choices: {', '.join(PRECISION_CHOICES)}",
+                         fix="use fp32, fp16 or bf16 (or leave it unset)")
+    manifest = read_engine_manifest(folder)
+
+    from edgeseg.runtime.backends import (
+        Candidate,
+        choose_backend,
+        default_candidates,
+        open_backend,
+    )
+
+    if key == "auto":
+        graphs = manifest.get("graphs") or {}
+        if precision in ("fp32", "fp16"):
+            _graph_path(folder, manifest, precision)
+        fp16 = None
+        if precision == "bf16":
+            cands = [Candidate("openvino", _graph_path(folder, manifest, "fp32"), precision="bf16",
+                               options={"threads": threads, "cache_dir": cache_dir})]
+        else:
+            fp32 = folder / graphs["fp32"]["file"] if "fp32" in graphs and precision != "fp16" else None
+            fp16 = folder / graphs["fp16"]["file"] if "fp16" in graphs and precision != "fp32" else None
+            engine = _pick_engine(folder, manifest, required=False) if precision != "fp32" else None
+            cands = default_candidates(plan=engine[0] if engine else None, onnx_fp32=fp32, onnx_fp16=fp16,
+                                       threads=threads, cache_dir=cache_dir,
+                                       manifest_key=engine[1] if engine else None)
+            if fp16 is not None and fp32 is None:  # the fused fp16 graph also runs on the CPU (parity checked there)
+                cands.append(Candidate("ort", fp16, precision="fp16", device="cpu", options={"threads": threads}))
+        if not cands:
+            raise InputError(f"holds nothing to run; it has {_present(manifest)}", path=folder,
+                             fix=f"fuse again: {REBUILD}")
+        chosen, reason = choose_backend(cands)
+        path = getattr(chosen, "path", None)
+        picked = "fp16" if chosen.name == "tensorrt" or (fp16 is not None and path is not None and Path(path) == fp16) \
+            else "fp32"
+        try:
+            return Engine(folder, manifest, chosen, precision=picked, reason=reason)
+        except BaseException:
+            chosen.deactivate()
+            raise
+
+    if key == "ort":
+        if precision == "bf16":
+            raise InputError("ONNX Runtime runs the graph's own precision (fp32 or mixed fp16), not bf16",
+                             fix="use --backend openvino for bf16 on the CPU")
+        graph = precision or "fp32"
+        opts = {"threads": threads} | ({"cache_dir": cache_dir} if cache_dir is not None else {})
+        made = open_backend("ort", _graph_path(folder, manifest, graph), precision=graph, device=device, **opts)
+    elif key == "openvino":
+        if precision == "fp16":
+            raise InputError("OpenVINO on the CPU runs fp32 or bf16, not fp16",
+                             fix="use precision fp32 or bf16 with --backend openvino, or --backend ort for fp16")
+        graph = "fp32"
+        made = open_backend("openvino", _graph_path(folder, manifest, "fp32"), precision=precision or "fp32",
+                            threads=threads, cache_dir=cache_dir)
+    else:  # tensorrt
+        if precision == "fp32":
+            raise InputError("the TensorRT engines edgeseg builds run the fused mixed fp16 graph", path=folder,
+                             fix="use precision fp16 (or none) with --backend tensorrt, or another backend for fp32")
+        graph = "fp16"
+        plan, engine_key = _pick_engine(folder, manifest, required=True)  # type: ignore[misc]
+        made = open_backend("tensorrt", plan, precision="fp16", manifest_key=engine_key)
+    made.activate()
+    info = made.describe()
+    try:
+        return Engine(folder, manifest, made, precision=graph, reason=f"{key} as asked ({info.precision} on {info.device})")
+    except BaseException:
+        made.deactivate()
+        raise
