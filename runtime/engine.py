@@ -16,6 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from edgeseg.runtime.artifact import check_choices, open_on_backend
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import content_hash, read_manifest
 from edgeseg.runtime.preprocess import PreprocessSpec
@@ -25,7 +27,6 @@ __all__ = ["BACKEND_CHOICES", "ENGINE_KIND", "Engine", "open_engine", "read_engi
 ENGINE_KIND = "engine"
 REBUILD = "edgeseg fuse TRUNK ADAPTER... --out DIR"
 BACKEND_CHOICES = ("auto", "ort", "openvino", "tensorrt")
-PRECISION_CHOICES = ("fp32", "fp16", "bf16")
 
 
 def read_engine_manifest(folder: str | Path, *, verify_files: bool = True) -> dict:
@@ -45,41 +46,6 @@ def read_engine_manifest(folder: str | Path, *, verify_files: bool = True) -> di
     if list(manifest["io"].get("outputs") or []) != [f"prob_{o}" for o in manifest["organs"]]:
         raise InputError("its outputs do not match its organs", path=path, fix=f"fuse again: {REBUILD}")
     return manifest
-
-
-def _present(manifest: dict) -> str:
-    parts = [f"{p} ({g.get('file', '?')})" for p, g in sorted((manifest.get("graphs") or {}).items())]
-    parts += [f"TensorRT engine {e.get('file', k)}" for k, e in sorted((manifest.get("engines") or {}).items())]
-    return ", ".join(parts) or "no graph at all"
-
-
-def _graph_path(folder: Path, manifest: dict, precision: str) -> Path:
-    graphs = manifest.get("graphs") or {}
-    if precision not in graphs:
-        raise InputError(f"has no fused {precision} graph; it holds {_present(manifest)}", path=folder,
-                         fix=f"fuse with --precision {precision} from a trunk that has it, or ask for a precision "
-                             "the folder has")
-    return folder / graphs[precision]["file"]
-
-
-def _pick_engine(folder: Path, manifest: dict, *, required: bool):
-    engines = manifest.get("engines") or {}
-    if not engines:
-        if required:
-            raise InputError(f"has no TensorRT engine; it holds {_present(manifest)}", path=folder,
-                             fix=f"build one on this GPU: {REBUILD} --tensorrt, or choose --backend ort/openvino")
-        return None
-    chosen = next(iter(sorted(engines.items())))
-    if len(engines) > 1:
-        try:
-            from edgeseg.runtime.backends.tensorrt import current_engine_key, key_string
-
-            here = key_string(current_engine_key())
-            if here in engines:
-                chosen = (here, engines[here])
-        except Exception:  # no TensorRT or GPU here: the backend refuses the engine with the reason
-            pass
-    return folder / chosen[1]["file"], chosen[1].get("key")
 
 
 class Engine:
@@ -163,77 +129,12 @@ def open_engine(folder: str | Path, *, backend: str = "auto", precision: str | N
     "fp16": that graph only; "bf16": OpenVINO in bf16 on the fp32 graph.
     """
     folder = Path(folder)
-    key = str(backend).strip().lower()
-    if key not in BACKEND_CHOICES:
-        raise InputError(f"unknown backend {backend!r} for a fused engine; choices: {', '.join(BACKEND_CHOICES)}",
-                         fix=f"use one of {', '.join(BACKEND_CHOICES)}")
-    if precision is not None and precision not in PRECISION_CHOICES:
-        raise InputError(f"unknown precision {precision!r}; choices: {', '.join(PRECISION_CHOICES)}",
-                         fix="use fp32, fp16 or bf16 (or leave it unset)")
+    key = check_choices(backend, precision, BACKEND_CHOICES)
     manifest = read_engine_manifest(folder)
-
-    from edgeseg.runtime.backends import (
-        Candidate,
-        choose_backend,
-        default_candidates,
-        open_backend,
-    )
-
-    if key == "auto":
-        graphs = manifest.get("graphs") or {}
-        if precision in ("fp32", "fp16"):
-            _graph_path(folder, manifest, precision)
-        fp16 = None
-        if precision == "bf16":
-            cands = [Candidate("openvino", _graph_path(folder, manifest, "fp32"), precision="bf16",
-                               options={"threads": threads, "cache_dir": cache_dir})]
-        else:
-            fp32 = folder / graphs["fp32"]["file"] if "fp32" in graphs and precision != "fp16" else None
-            fp16 = folder / graphs["fp16"]["file"] if "fp16" in graphs and precision != "fp32" else None
-            engine = _pick_engine(folder, manifest, required=False) if precision != "fp32" else None
-            cands = default_candidates(plan=engine[0] if engine else None, onnx_fp32=fp32, onnx_fp16=fp16,
-                                       threads=threads, cache_dir=cache_dir,
-                                       manifest_key=engine[1] if engine else None)
-            if fp16 is not None and fp32 is None:  # the fused fp16 graph also runs on the CPU (parity checked there)
-                cands.append(Candidate("ort", fp16, precision="fp16", device="cpu", options={"threads": threads}))
-        if not cands:
-            raise InputError(f"holds nothing to run; it has {_present(manifest)}", path=folder,
-                             fix=f"fuse again: {REBUILD}")
-        chosen, reason = choose_backend(cands)
-        path = getattr(chosen, "path", None)
-        picked = "fp16" if chosen.name == "tensorrt" or (fp16 is not None and path is not None and Path(path) == fp16) \
-            else "fp32"
-        try:
-            return Engine(folder, manifest, chosen, precision=picked, reason=reason)
-        except BaseException:
-            chosen.deactivate()
-            raise
-
-    if key == "ort":
-        if precision == "bf16":
-            raise InputError("ONNX Runtime runs the graph's own precision (fp32 or mixed fp16), not bf16",
-                             fix="use --backend openvino for bf16 on the CPU")
-        graph = precision or "fp32"
-        opts = {"threads": threads} | ({"cache_dir": cache_dir} if cache_dir is not None else {})
-        made = open_backend("ort", _graph_path(folder, manifest, graph), precision=graph, device=device, **opts)
-    elif key == "openvino":
-        if precision == "fp16":
-            raise InputError("OpenVINO on the CPU runs fp32 or bf16, not fp16",
-                             fix="use precision fp32 or bf16 with --backend openvino, or --backend ort for fp16")
-        graph = "fp32"
-        made = open_backend("openvino", _graph_path(folder, manifest, "fp32"), precision=precision or "fp32",
-                            threads=threads, cache_dir=cache_dir)
-    else:  # tensorrt
-        if precision == "fp32":
-            raise InputError("the TensorRT engines edgeseg builds run the fused mixed fp16 graph", path=folder,
-                             fix="use precision fp16 (or none) with --backend tensorrt, or another backend for fp32")
-        graph = "fp16"
-        plan, engine_key = _pick_engine(folder, manifest, required=True)  # type: ignore[misc]
-        made = open_backend("tensorrt", plan, precision="fp16", manifest_key=engine_key)
-    made.activate()
-    info = made.describe()
+    made, graph, reason = open_on_backend(folder, manifest, key, precision, threads=threads, device=device,
+                                          cache_dir=cache_dir, rebuild=REBUILD)
     try:
-        return Engine(folder, manifest, made, precision=graph, reason=f"{key} as asked ({info.precision} on {info.device})")
+        return Engine(folder, manifest, made, precision=graph, reason=reason)
     except BaseException:
         made.deactivate()
         raise

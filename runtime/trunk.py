@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeseg.runtime.artifact import BACKEND_CHOICES, check_choices, open_on_backend
 from edgeseg.runtime.errors import BackendUnavailable, InputError
 from edgeseg.runtime.manifest import content_hash, read_manifest, sha256_file
 from edgeseg.runtime.preprocess import PreprocessSpec
@@ -29,8 +30,6 @@ __all__ = ["BACKEND_CHOICES", "REBUILD", "Trunk", "open_trunk", "read_trunk_mani
 
 TRUNK_KIND = "trunk"
 REBUILD = "edgeseg export CHECKPOINT --out DIR"
-BACKEND_CHOICES = ("auto", "ort", "openvino", "torch", "tensorrt")
-PRECISION_CHOICES = ("fp32", "fp16", "bf16")
 CUT_ALIGN = {"decoder1": 1, "pre-decoder1": 2}  # the coarsest output's downsampling factor
 
 
@@ -52,45 +51,6 @@ def read_trunk_manifest(folder: str | Path, *, verify_files: bool = True) -> dic
         raise InputError("its preprocessing spec does not match the hash recorded beside it", path=path,
                          fix=f"re-export the trunk: {REBUILD}")
     return manifest
-
-
-def _graphs_present(manifest: dict) -> str:
-    graphs = manifest.get("graphs") or {}
-    parts = [f"{p} ({g.get('file', '?')})" for p, g in sorted(graphs.items())]
-    engines = manifest.get("engines") or {}
-    parts += [f"TensorRT engine {e.get('file', k)}" for k, e in sorted(engines.items())]
-    return ", ".join(parts) or "no graph at all"
-
-
-def _graph_path(folder: Path, manifest: dict, precision: str) -> Path:
-    graphs = manifest.get("graphs") or {}
-    if precision not in graphs:
-        raise InputError(f"has no {precision} graph; it holds {_graphs_present(manifest)}", path=folder,
-                         fix=(f"re-export with --precision fp32,fp16 ({REBUILD} --precision fp32,fp16), "
-                              f"or ask for a precision the folder has" if precision in ("fp32", "fp16")
-                              else "ask for fp32 or fp16"))
-    return folder / graphs[precision]["file"]
-
-
-def _pick_engine(folder: Path, manifest: dict, *, required: bool) -> tuple[Path, dict] | None:
-    """The TensorRT engine of this machine (by engine key) or, when none can be matched, the first one."""
-    engines = manifest.get("engines") or {}
-    if not engines:
-        if required:
-            raise InputError(f"has no TensorRT engine; it holds {_graphs_present(manifest)}", path=folder,
-                             fix=f"build one on this GPU: {REBUILD} --tensorrt, or choose --backend ort/openvino")
-        return None
-    chosen = next(iter(sorted(engines.items())))
-    if len(engines) > 1:
-        try:
-            from edgeseg.runtime.backends.tensorrt import current_engine_key, key_string
-
-            here = key_string(current_engine_key())
-            if here in engines:
-                chosen = (here, engines[here])
-        except Exception:  # no TensorRT or GPU here: the backend refuses the engine with the reason
-            pass
-    return folder / chosen[1]["file"], chosen[1].get("key")
 
 
 def _torch_module(folder: Path, manifest: dict):
@@ -207,79 +167,14 @@ def open_trunk(folder: str | Path, *, backend: str = "auto", precision: str | No
     folder has, when it is missing); "bf16": OpenVINO (or torch) in bf16 on the fp32 graph.
     """
     folder = Path(folder)
-    key = str(backend).strip().lower()
-    if key not in BACKEND_CHOICES:
-        raise InputError(f"unknown backend {backend!r}; choices: {', '.join(BACKEND_CHOICES)}",
-                         fix=f"use one of {', '.join(BACKEND_CHOICES)}")
-    if precision is not None and precision not in PRECISION_CHOICES:
-        raise InputError(f"unknown precision {precision!r}; choices: {', '.join(PRECISION_CHOICES)}",
-                         fix="use fp32, fp16 or bf16 (or leave it unset)")
+    key = check_choices(backend, precision)
     manifest = read_trunk_manifest(folder)
 
-    from edgeseg.runtime.backends import Candidate, choose_backend, default_candidates, open_backend
-
-    if key == "auto":
-        graphs = manifest.get("graphs") or {}
-        if precision in ("fp32", "fp16"):
-            _graph_path(folder, manifest, precision)  # refuse a missing graph by name
-        fp32 = fp16 = None
-        if precision == "bf16":
-            cands = [Candidate("openvino", _graph_path(folder, manifest, "fp32"), precision="bf16",
-                               options={"threads": threads, "cache_dir": cache_dir})]
-        else:
-            fp32 = folder / graphs["fp32"]["file"] if "fp32" in graphs and precision != "fp16" else None
-            fp16 = folder / graphs["fp16"]["file"] if "fp16" in graphs and precision != "fp32" else None
-            engine = _pick_engine(folder, manifest, required=False) if precision != "fp32" else None
-            cands = default_candidates(plan=engine[0] if engine else None, onnx_fp32=fp32, onnx_fp16=fp16,
-                                       threads=threads, cache_dir=cache_dir,
-                                       manifest_key=engine[1] if engine else None)
-            if fp16 is not None and fp32 is None:  # the fp16 graph also runs on the CPU (export checks its parity there)
-                cands.append(Candidate("ort", fp16, precision="fp16", device="cpu", options={"threads": threads}))
-        if not cands:
-            raise InputError(f"holds nothing to run; it has {_graphs_present(manifest)}", path=folder,
-                             fix=f"re-export the trunk: {REBUILD}")
-        chosen, reason = choose_backend(cands)
-        path = getattr(chosen, "path", None)
-        picked = "fp16" if chosen.name == "tensorrt" or (fp16 is not None and path is not None and Path(path) == fp16) \
-            else "fp32"
-        try:
-            return Trunk(folder, manifest, chosen, precision=picked, reason=reason)
-        except BaseException:
-            chosen.deactivate()
-            raise
-
-    if key == "ort":
-        if precision == "bf16":
-            raise InputError("ONNX Runtime runs the graph's own precision (fp32 or mixed fp16), not bf16",
-                             fix="use --backend openvino for bf16 on the CPU")
-        graph = precision or "fp32"
-        opts = {"threads": threads} | ({"cache_dir": cache_dir} if cache_dir is not None else {})
-        made = open_backend("ort", _graph_path(folder, manifest, graph), precision=graph, device=device, **opts)
-    elif key == "openvino":
-        if precision == "fp16":
-            raise InputError("OpenVINO on the CPU runs fp32 or bf16, not fp16",
-                             fix="use precision fp32 or bf16 with --backend openvino, or --backend ort for the fp16 graph")
-        graph = "fp32"
-        made = open_backend("openvino", _graph_path(folder, manifest, "fp32"), precision=precision or "fp32",
-                            threads=threads, cache_dir=cache_dir)
-    elif key == "tensorrt":
-        if precision == "fp32":
-            raise InputError("the TensorRT engines edgeseg builds run the mixed fp16 graph", path=folder,
-                             fix="use precision fp16 (or none) with --backend tensorrt, or another backend for fp32")
-        graph = "fp16"
-        plan, engine_key = _pick_engine(folder, manifest, required=True)  # type: ignore[misc]
-        made = open_backend("tensorrt", plan, precision="fp16", manifest_key=engine_key)
-    else:  # torch
-        graph = "fp32"
-        from edgeseg.runtime.backends import _require  # the install hint before a slow checkpoint load
-
-        _require("torch-cuda" if (device or "cpu").startswith("cuda") else "torch-cpu", "PyTorch")
-        made = open_backend("torch", _torch_module(folder, manifest), precision=precision or "fp32", device=device,
-                            threads=threads)
-    made.activate()
-    info = made.describe()
+    made, graph, reason = open_on_backend(folder, manifest, key, precision, threads=threads, device=device,
+                                          cache_dir=cache_dir, rebuild=REBUILD,
+                                          torch_module=lambda: _torch_module(folder, manifest))
     try:
-        return Trunk(folder, manifest, made, precision=graph, reason=f"{key} as asked ({info.precision} on {info.device})")
+        return Trunk(folder, manifest, made, precision=graph, reason=reason)
     except BaseException:
         made.deactivate()
         raise
