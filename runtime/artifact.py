@@ -19,6 +19,30 @@ BACKEND_CHOICES = ("auto", "ort", "openvino", "torch", "tensorrt")
 PRECISION_CHOICES = ("fp32", "fp16", "bf16")
 
 
+class OpenedArtifact:
+    """An artifact folder with an active backend: what ran, and closing it (also as a context manager)."""
+
+    backend: Any
+
+    @property
+    def ran(self) -> dict:
+        """What runs (backend, precision, device, detail), as recorded in caches and reports."""
+        return self.backend.describe().to_dict()
+
+    def describe(self) -> str:
+        info = self.backend.describe()
+        return f"{info.backend} {info.precision} on {info.device}"
+
+    def close(self) -> None:
+        self.backend.deactivate()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def check_choices(backend: str, precision: str | None, backends: tuple[str, ...] = BACKEND_CHOICES) -> str:
     key = str(backend).strip().lower()
     if key not in backends:

@@ -16,8 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-
-from edgeseg.runtime.artifact import check_choices, open_on_backend
+from edgeseg.runtime.artifact import OpenedArtifact, check_choices, open_on_backend
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import content_hash, read_manifest
 from edgeseg.runtime.preprocess import PreprocessSpec
@@ -48,7 +47,7 @@ def read_engine_manifest(folder: str | Path, *, verify_files: bool = True) -> di
     return manifest
 
 
-class Engine:
+class Engine(OpenedArtifact):
     """An opened fused engine: manifest, preprocessing, organs and an active backend.
 
     Build with `open_engine`. The constructor takes any active-able `Backend` (tests pass stand-ins).
@@ -73,14 +72,6 @@ class Engine:
             raise InputError(f"the graph has outputs {[o.name for o in outputs]}, the manifest lists "
                              f"{list(self.output_names)}", path=self.folder, fix=f"fuse again: {REBUILD}")
 
-    @property
-    def ran(self) -> dict:
-        """What runs (backend, precision, device, detail), as recorded in reports."""
-        return self.backend.describe().to_dict()
-
-    def describe(self) -> str:
-        info = self.backend.describe()
-        return f"{info.backend} {info.precision} on {info.device}"
 
     def probabilities(self, volume_chw: np.ndarray, *, overlap: float = 0.25, batch_size: int = 1,
                       progress: Callable[[int, int], None] | None = None,
@@ -105,14 +96,6 @@ class Engine:
                              path=self.folder, fix=f"fuse again: {REBUILD}")
         return np.concatenate([np.asarray(o, dtype=np.float32) for o in outs], axis=0)
 
-    def close(self) -> None:
-        self.backend.deactivate()
-
-    def __enter__(self) -> Engine:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Engine {self.folder} organs={list(self.organs)} window={self.window} ran={self.describe()!r}>"

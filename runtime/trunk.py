@@ -20,8 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from edgeseg.runtime.artifact import BACKEND_CHOICES, check_choices, open_on_backend
+from edgeseg.runtime.artifact import (
+    BACKEND_CHOICES,
+    OpenedArtifact,
+    check_choices,
+    open_on_backend,
+)
 from edgeseg.runtime.errors import BackendUnavailable, InputError
 from edgeseg.runtime.manifest import content_hash, read_manifest, sha256_file
 from edgeseg.runtime.preprocess import PreprocessSpec
@@ -76,7 +80,7 @@ def _torch_module(folder: Path, manifest: dict):
     return trunk.eval()
 
 
-class Trunk:
+class Trunk(OpenedArtifact):
     """An opened trunk: its manifest, preprocessing, cut and an active backend; `features` runs it.
 
     Build with `open_trunk`. The constructor takes any active-able `Backend` (tests pass stand-ins).
@@ -102,14 +106,6 @@ class Trunk:
             raise InputError(f"the graph has outputs {got}, the manifest lists {list(self.output_names)}",
                              path=self.folder, fix=f"re-export the trunk: {REBUILD}")
 
-    @property
-    def ran(self) -> dict:
-        """What runs (backend, precision, device, detail), as recorded in caches and reports."""
-        return self.backend.describe().to_dict()
-
-    def describe(self) -> str:
-        info = self.backend.describe()
-        return f"{info.backend} {info.precision} on {info.device}"
 
     def features(self, volume_chw: np.ndarray, box: Sequence[slice] | None = None, *, overlap: float = 0.25,
                  batch_size: int = 1, progress: Callable[[int, int], None] | None = None,
@@ -141,14 +137,6 @@ class Trunk:
             return sliding_window(volume, self.window, self.backend.predict, **kw)
         return sliding_window_region(volume, box, self.window, self.backend.predict, context=context, **kw)
 
-    def close(self) -> None:
-        self.backend.deactivate()
-
-    def __enter__(self) -> Trunk:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<Trunk {self.folder} cut={self.cut} window={self.window} ran={self.describe()!r}>"
