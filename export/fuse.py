@@ -359,26 +359,8 @@ def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | P
 
 def _build_tensorrt(out: Path, trunk_dir: Path, trunk: dict, inputs, reference, log: Log, force: bool,
                     timings: dict) -> dict:
-    from edgeseg.export.tensorrt import build_engine, engine_key, plan_name
-    from edgeseg.export.trunk import _reject
-    from edgeseg.runtime.backends import open_backend
+    from edgeseg.export.trunk import build_checked_engine
 
     max_batch = int((trunk.get("export_spec") or {}).get("max_batch") or 1)
-    key, key_text = engine_key()
-    plan = out / plan_name(key, stem="fused")
-    log(f"building TensorRT engine {plan.name} (strongly typed, from the fused fp16 graph) ...")
-    build = build_engine(out / graph_name("fp16"), plan, min_batch=1, opt_batch=max_batch, max_batch=max_batch,
-                         timing_cache_path=trunk_dir / f"timing.{key_text}.cache", force=force)
-    timings["build_tensorrt"] = build.seconds
-    backend = open_backend("tensorrt", plan, manifest_key=key)
-    with backend:
-        got = {name: backend.predict(x) for name, x in inputs.items()}
-    report = compare(reference, got, _masks, artifact=plan.name, backend="tensorrt", precision="fp16")
-    for line in report.lines():
-        log(line)
-    if not report.passed:
-        _reject(out, [plan], report)
-        report.raise_if_failed(fix="the engine is kept under a .rejected name with its report")
-    entry = build.to_dict()
-    entry["plan_path"] = plan.name
-    return {key_text: {"file": plan.name, "key": key, "build": entry, "parity": report.to_dict()}}
+    return build_checked_engine(out, out / graph_name("fp16"), max_batch, inputs, reference, _masks, log, force,
+                                timings, stem="fused", timing_cache_dir=trunk_dir)

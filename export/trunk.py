@@ -199,7 +199,8 @@ def export_trunk(
 
     engines = {}
     if tensorrt:
-        engines = _build_tensorrt(out, out / graph_name("fp16"), max_batch, inputs, reference, masks, log, force, timings)
+        engines = build_checked_engine(out, out / graph_name("fp16"), max_batch, inputs, reference, masks, log, force,
+                                       timings)
         files += [out / e["file"] for e in engines.values()]
 
     body = {
@@ -227,16 +228,21 @@ def _relative(meta: dict, out: Path) -> dict:
     return fixed
 
 
-def _build_tensorrt(out: Path, fp16_path: Path, max_batch: int, inputs, reference, masks, log: Log, force: bool,
-                    timings: dict) -> dict:
+def build_checked_engine(out: Path, fp16_path: Path, max_batch: int, inputs, reference, masks, log: Log, force: bool,
+                         timings: dict, *, stem: str = "trunk", timing_cache_dir: Path | None = None) -> dict:
+    """Build the TensorRT engine of `fp16_path` into `out`, check its parity, return its manifest entry.
+
+    The timing cache lives in `timing_cache_dir` (default `out`): fusion reuses the trunk's, so the
+    rebuild is quick.
+    """
     from edgeseg.export.tensorrt import build_engine, engine_key, plan_name
     from edgeseg.runtime.backends import open_backend
 
     key, key_text = engine_key()
-    plan = out / plan_name(key)
-    log(f"building TensorRT engine {plan.name} (strongly typed, from the fp16 graph) ...")
+    plan = out / plan_name(key, stem=stem)
+    log(f"building TensorRT engine {plan.name} (strongly typed, from {fp16_path.name}) ...")
     build = build_engine(fp16_path, plan, min_batch=1, opt_batch=max_batch, max_batch=max_batch,
-                         timing_cache_path=out / f"timing.{key_text}.cache", force=force)
+                         timing_cache_path=(timing_cache_dir or out) / f"timing.{key_text}.cache", force=force)
     timings["build_tensorrt"] = build.seconds
     backend = open_backend("tensorrt", plan, manifest_key=key)
     with backend:
