@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
-from edgeseg.export.parity import ParityReport, compare
+from edgeseg.export.parity import ParityReport
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import (
     MANIFEST_NAME,
@@ -240,18 +240,11 @@ def _masks(outputs: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def _check(path: Path, precision: str, inputs, reference, *, threads: int | None, files: Sequence[Path]) -> ParityReport:
-    from edgeseg.export.trunk import _reject
-    from edgeseg.runtime.backends import open_backend
+    from edgeseg.export.trunk import check_graph
 
-    backend = open_backend("ort", path, precision=precision, device="cpu", threads=threads)
-    with backend:
-        got = {name: backend.predict(x) for name, x in inputs.items()}
-    report = compare(reference, got, _masks, artifact=path.name, backend="ort-cpu", precision=precision)
-    if not report.passed:
-        _reject(path.parent, files, report)
-        report.raise_if_failed(fix="the fused graph is kept under a .rejected name with its report; check that the "
-                               "trunk and adapters are the ones recorded, or report the numbers")
-    return report
+    return check_graph(path, precision, inputs, reference, _masks, threads=threads, files=files,
+                       fix="the fused graph is kept under a .rejected name with its report; check that the trunk and "
+                           "adapters are the ones recorded, or report the numbers")
 
 
 # --- fuse ------------------------------------------------------------------------------------------

@@ -99,7 +99,9 @@ def _reject(out: Path, files: Sequence[Path], report: ParityReport) -> None:
 
 
 def check_graph(path: Path, precision: str, inputs, reference, masks, *, threads: int | None,
-                files: Sequence[Path]) -> ParityReport:
+                files: Sequence[Path], fix: str = "the graph is kept under a .rejected name with its report; check "
+                                                   "the checkpoint and the exporter versions, or report the numbers"
+                ) -> ParityReport:
     """Run graph `path` in ONNX Runtime CPU on the parity inputs; reject it (and raise) on a miss."""
     from edgeseg.runtime.backends import open_backend
 
@@ -109,8 +111,7 @@ def check_graph(path: Path, precision: str, inputs, reference, masks, *, threads
     report = compare(reference, got, masks, artifact=path.name, backend="ort-cpu", precision=precision)
     if not report.passed:
         _reject(path.parent, files, report)
-        report.raise_if_failed(fix="the graph is kept under a .rejected name with its report; check the checkpoint "
-                               "and the exporter versions, or report the numbers")
+        report.raise_if_failed(fix=fix)
     return report
 
 
