@@ -43,3 +43,47 @@ def peak_rss_gib() -> float:
     except OSError:
         pass
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)
+
+
+def current_rss_gib() -> float:
+    """This process's resident memory now, GiB."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except OSError:
+        return 0.0
+
+
+class PeakRssDelta:
+    """Context manager: the highest resident memory reached inside the block, above what it was on entry (GiB).
+
+    Sampled by a background thread every `interval` seconds (a peak shorter than that can be missed), so
+    several measurements can be made in one process, which VmHWM (a process-wide maximum) cannot do.
+    """
+
+    def __init__(self, interval: float = 0.02):
+        self.interval = interval
+        self.start = self.peak = 0.0
+
+    def __enter__(self) -> "PeakRssDelta":
+        import threading
+
+        self.start = self.peak = current_rss_gib()
+        self._stop = threading.Event()
+
+        def watch() -> None:
+            while not self._stop.wait(self.interval):
+                self.peak = max(self.peak, current_rss_gib())
+
+        self._thread = threading.Thread(target=watch, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, current_rss_gib())
+
+    @property
+    def delta_gib(self) -> float:
+        return round(max(0.0, self.peak - self.start), 3)

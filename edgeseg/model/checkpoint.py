@@ -473,14 +473,25 @@ def load_checkpoint(
     return model.eval(), spec, report
 
 
-def save_checkpoint(model: torch.nn.Module, spec: ModelSpec, path: str | Path, *, force: bool = False) -> Path:
-    """Write `model`'s tensors as safetensors with `spec` as JSON in the metadata, atomically."""
+def save_checkpoint(model: torch.nn.Module, spec: ModelSpec, path: str | Path, *, force: bool = False,
+                    dtype: torch.dtype | None = None, drop_derived: bool = False) -> Path:
+    """Write `model`'s tensors as safetensors with `spec` as JSON in the metadata, atomically.
+
+    `dtype` (e.g. torch.float16, to halve a shipped file) converts the floating-point tensors; loading
+    casts them back to the model's float32. `drop_derived` leaves out the Swin blocks'
+    relative_position_index buffers (int64, recomputed by MONAI from the window size; a third of a small
+    model's file).
+    """
     from safetensors.torch import save_file
 
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
         raise InputError("edgeseg saves checkpoints as safetensors", path=path, fix="give the file a .safetensors suffix")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    if drop_derived:
+        tensors = {k: v for k, v in tensors.items() if not k.endswith(_DERIVED_BUFFER)}
+    if dtype is not None:
+        tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
     metadata = {"format": "pt", SPEC_METADATA_KEY: json.dumps(spec.to_dict(), sort_keys=True)}
     with atomic_path(path, force=force) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)

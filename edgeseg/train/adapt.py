@@ -99,6 +99,72 @@ def _plateaued(losses: list[float], smooth: int, patience: int) -> bool:
     return int(np.argmin(avg)) < len(avg) - patience
 
 
+def fit_adapter(adapter, sampler, config: AdaptConfig, *, lr: float, steps_per_epoch: int, estimators=(),
+                S_ml: float | None = None, progress: Callable[[int, int, float], None] | None = None,
+                record_after: bool = True) -> dict:
+    """The training loop shared by `edgeseg adapt` and the few-shot protocol: returns losses, stop reason and
+    the size-prior history.
+
+    `sampler.sample(positive)` gives ``(features, label)``; the batch alternates organ-centred and negative
+    crops. Each epoch is `steps_per_epoch` steps: the first is a linear warm-up, then cosine to 0 over
+    `config.max_epochs`. With `estimators` (one `QuerySizeEstimator` per query scan) and `S_ml`, from
+    epoch `config.ti_warmup` on, each epoch ends with the release's separate size-prior step on the mean
+    S_hat of the queries (one query: the release's own; several: the size prior over the query set).
+    `record_after` also records S_hat after each size-prior step (one more pass over the queries).
+    """
+    import torch
+
+    from edgeseg.train.losses import segmentation_loss
+    from edgeseg.train.size_prior import ti_loss
+
+    opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+
+    def lr_at(epoch: int, step: int) -> float:  # one linear warm-up epoch, then cosine to 0
+        if epoch == 0:
+            return lr * (step + 1) / steps_per_epoch
+        return 0.5 * lr * (1 + math.cos(math.pi * (epoch - 1) / max(1, config.max_epochs - 1)))
+
+    estimators = list(estimators)
+    losses: list[float] = []
+    history: list[dict] = []
+    stopped = "max_epochs"
+    adapter.train()
+    for epoch in range(config.max_epochs):
+        epoch_loss = 0.0
+        for step in range(steps_per_epoch):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(epoch, step)
+            batch = [sampler.sample(positive=(i % 2 == 0)) for i in range(config.batch_size)]
+            feats = [torch.from_numpy(np.stack([b[0][k] for b in batch])) for k in range(len(batch[0][0]))]
+            target = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None]
+            logits = adapter(*feats)
+            loss = segmentation_loss(logits, target, config.loss)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            epoch_loss += float(loss.detach()) / steps_per_epoch
+        losses.append(epoch_loss)
+        if estimators and S_ml is not None and epoch >= config.ti_warmup:
+            s_hat = sum(est(adapter) for est in estimators) / len(estimators)
+            penalty = config.ti_lambda * ti_loss(s_hat, S_ml, config.ti_gamma)
+            opt.zero_grad(set_to_none=True)
+            penalty.backward()
+            opt.step()  # the release's separate size-prior step
+            after = None
+            if record_after:
+                with torch.no_grad():  # what this step did, recorded so it can be checked
+                    after = sum(float(est.exact_ml(adapter)) for est in estimators) / len(estimators)
+            history.append({"epoch": epoch, "S_hat_ml": float(s_hat.detach()), "S_hat_after_ml": after,
+                            "loss": float(penalty.detach())})
+        if progress:
+            progress(epoch + 1, config.max_epochs, epoch_loss)
+        if _plateaued(losses, config.smooth, config.patience):
+            stopped = f"plateau at epoch {epoch + 1}"
+            break
+    adapter.eval()
+    return {"losses": losses, "stopped": stopped, "size_prior_history": history}
+
+
 def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force: bool = False,
           progress: Callable[[int, int, float], None] | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
     """Train `config.adapter` on the cache in `cache_dir`; write the adapter folder `out`; return its manifest."""
@@ -107,8 +173,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     from edgeseg.adapters import CUT_OF, LR, build_adapter, count_trainable, resolve_kind
     from edgeseg.cache import open_cache
     from edgeseg.runtime.manifest import MANIFEST_NAME, content_hash, read_manifest
-    from edgeseg.train.losses import segmentation_loss
-    from edgeseg.train.size_prior import QuerySizeEstimator, target_size_ml, ti_loss
+    from edgeseg.train.size_prior import QuerySizeEstimator, target_size_ml
 
     kind = resolve_kind(config.adapter)
     out = Path(out)
@@ -147,17 +212,11 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     init = {"block": "checkpoint decoder1" if kind == "ft-last" else ("identity" if kind == "spatial" else "random"),
             "head": f"pretrained head row {class_index} ({cache.organ})" if class_index is not None else "random"}
     lr = config.lr if config.lr is not None else LR[kind]
-    opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     rng = np.random.default_rng(config.seed)
     sampler = CropSampler(cache.supports, config.crop, rng, align=2 if cache.cut == "pre-decoder1" else 1)
     n_cases = len({e.case_id for e in cache.supports})
     crops_per_epoch = max(2, config.crops_per_case * n_cases)
     steps_per_epoch = math.ceil(crops_per_epoch / config.batch_size)
-
-    def lr_at(epoch: int, step: int) -> float:  # one linear warm-up epoch, then cosine to 0
-        if epoch == 0:
-            return lr * (step + 1) / steps_per_epoch
-        return 0.5 * lr * (1 + math.cos(math.pi * (epoch - 1) / max(1, config.max_epochs - 1)))
 
     size_prior = None
     if config.ti:
@@ -169,40 +228,13 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
                       "query": query.case_id, "history": []}
         log(f"size prior: target S = {estimate.S_ml:.1f} mL from {len(estimate.kept)} support(s)")
 
-    losses: list[float] = []
     t0 = time.perf_counter()
-    stopped = "max_epochs"
-    adapter.train()
-    for epoch in range(config.max_epochs):
-        epoch_loss = 0.0
-        for step in range(steps_per_epoch):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(epoch, step)
-            batch = [sampler.sample(positive=(i % 2 == 0)) for i in range(config.batch_size)]
-            feats = [torch.from_numpy(np.stack([b[0][k] for b in batch])) for k in range(len(batch[0][0]))]
-            target = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None]
-            logits = adapter(*feats)
-            loss = segmentation_loss(logits, target, config.loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            epoch_loss += float(loss.detach()) / steps_per_epoch
-        losses.append(epoch_loss)
-        if size_prior is not None and epoch >= config.ti_warmup:
-            s_hat = estimator(adapter)
-            penalty = config.ti_lambda * ti_loss(s_hat, size_prior["S_ml"], config.ti_gamma)
-            opt.zero_grad(set_to_none=True)
-            penalty.backward()
-            opt.step()  # the release's separate size-prior step
-            with torch.no_grad():
-                after = estimator.exact_ml(adapter)  # what this step did, recorded so it can be checked
-            size_prior["history"].append({"epoch": epoch, "S_hat_ml": float(s_hat.detach()),
-                                          "S_hat_after_ml": float(after), "loss": float(penalty.detach())})
-        if progress:
-            progress(epoch + 1, config.max_epochs, epoch_loss)
-        if _plateaued(losses, config.smooth, config.patience):
-            stopped = f"plateau at epoch {epoch + 1}"
-            break
+    fit = fit_adapter(adapter, sampler, config, lr=lr, steps_per_epoch=steps_per_epoch,
+                      estimators=[estimator] if size_prior is not None else [],
+                      S_ml=size_prior["S_ml"] if size_prior is not None else None, progress=progress)
+    losses, stopped = fit["losses"], fit["stopped"]
+    if size_prior is not None:
+        size_prior["history"] = fit["size_prior_history"]
     wall = time.perf_counter() - t0
     adapter.eval()
     log(f"trained {kind} ({count_trainable(adapter):,} parameters) for {len(losses)} epochs in {wall:.1f} s; "
