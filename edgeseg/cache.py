@@ -55,6 +55,7 @@ import numpy as np
 
 from edgeseg.runtime.atomic import write_text_atomic
 from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.lock import LOCK_NAME, locks_output
 
 __all__ = ["CACHE_KIND", "CacheEntry", "FeatureCache", "QueryEntry", "build_cache", "negative_boxes", "open_cache",
            "organ_bbox", "positive_box"]
@@ -501,12 +502,13 @@ def _check_out(out: Path, trunk_hash: str, trunk_folder: str, plan: dict, force:
                              fix="rerun with the same settings to resume it, pass --force to start over, or choose "
                                  "another --out")
         return True
-    if any(p.name != CASES_DIR for p in out.iterdir()) or (out / CASES_DIR).exists():
+    if any(p.name not in (CASES_DIR, LOCK_NAME) for p in out.iterdir()) or (out / CASES_DIR).exists():
         raise InputError("is not empty and holds no feature cache", path=out,
                          fix="choose a new or empty folder for --out (or --force to write into it anyway)")
     return False
 
 
+@locks_output("edgeseg cache")  # one run per --out: a second one is refused
 def build_cache(trunk_dir, data: str | Path, organ: str, out: str | Path, *, k: int | None = None, seed: int = 0,
                 query: Sequence[str | Path] = (), margin_mm: float = 20.0, negatives_per_case: int = 2,
                 backend: str = "auto", precision: str | None = None, threads: int | None = None,

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from edgeseg.export.parity import ParityReport
 from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.lock import locks_output
 from edgeseg.runtime.manifest import (
     MANIFEST_NAME,
     content_hash,
@@ -250,6 +251,7 @@ def _check(path: Path, precision: str, inputs, reference, *, threads: int | None
 # --- fuse ------------------------------------------------------------------------------------------
 
 
+@locks_output("edgeseg fuse")  # one run per --out: a second one is refused
 def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | Path, *,
          precisions: Sequence[str] = PRECISIONS, tensorrt: bool = False, force: bool = False,
          threads: int | None = None, log: Log = print) -> dict:

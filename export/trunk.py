@@ -18,6 +18,7 @@ import numpy as np
 from edgeseg.export.parity import ParityReport, compare
 from edgeseg.runtime.atomic import write_text_atomic
 from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.lock import locks_output
 from edgeseg.runtime.manifest import MANIFEST_NAME, sha256_file, write_manifest
 
 TRUNK_KIND = "trunk"
@@ -115,6 +116,7 @@ def check_graph(path: Path, precision: str, inputs, reference, masks, *, threads
     return report
 
 
+@locks_output("edgeseg export")  # one run per --out: a second one is refused
 def export_trunk(
     checkpoint: str | Path,
     out: str | Path,

@@ -56,36 +56,80 @@ def open_nifti(path: Path) -> nib.Nifti1Image:
 
 
 def shape_3d(shape: tuple[int, ...], path: Path) -> tuple[int, int, int]:
-    # Trailing singleton dimensions (x, y, z, 1) are common and harmless; anything else is not a 3D scan.
+    """The 3D shape of a scan; refuses 2D, 4D (see `select_volume`), 5D and empty images."""
+    return select_volume(shape, path, None)[0]
+
+
+def select_volume(shape: tuple[int, ...], path: Path, volume: int | None) -> tuple[tuple[int, int, int], int | None]:
+    """(3D shape, index along the 4th axis or None) for a scan of this shape and a `--volume` choice.
+
+    Trailing singleton dimensions (x, y, z, 1) are common and harmless. A 4D series (x, y, z, t) needs
+    `volume` (0 to t - 1) to say which volume to take; anything else that is not 3D is refused.
+    """
     dims = list(shape)
+    if dims and min(dims) < 1:
+        raise InputError(f"has an empty axis (shape {tuple(shape)})", path=path, fix="the file holds no voxels: export the scan again")
     while len(dims) > 3 and dims[-1] == 1:
         dims.pop()
+    if len(dims) == 4:
+        n = dims[3]
+        if volume is None:
+            raise InputError(f"is a 4D series of {n} volumes (shape {tuple(shape)}); a 3D volume is needed",
+                             path=path, fix=f"say which volume to segment: edgeseg predict --volume INDEX (0 to {n - 1}); "
+                                            "elsewhere extract one 3D volume first (e.g. fslroi IN OUT INDEX 1)")
+        if not (isinstance(volume, int) and 0 <= volume < n):
+            raise InputError(f"--volume {volume} is out of range: the scan holds {n} volumes (shape {tuple(shape)})",
+                             path=path, fix=f"pass --volume 0 to {n - 1}")
+        return tuple(dims[:3]), int(volume)  # type: ignore[return-value]
     if len(dims) != 3:
         raise InputError(f"has shape {tuple(shape)}; a 3D volume is needed", path=path,
-                         fix="pass a single 3D CT volume (for a 4D series, extract one volume first)")
-    if min(dims) < 1:
-        raise InputError(f"has an empty axis (shape {tuple(shape)})", path=path, fix="the file holds no voxels: export the scan again")
-    return tuple(dims)  # type: ignore[return-value]
+                         fix="pass a single 3D CT volume (a 2D slice cannot be segmented; export the whole series)")
+    if volume not in (None, 0):
+        raise InputError(f"is a single 3D volume (shape {tuple(shape)}); --volume {volume} does not exist", path=path,
+                         fix="leave --volume out (it is only for 4D series), or pass --volume 0")
+    return tuple(dims), None  # type: ignore[return-value]
 
 
-def load_scan(path: str | Path, *, label: bool = False) -> Scan:
-    """Read a 3D NIfTI; CT intensities as float32 HU, labels as their stored integers."""
-    path = Path(path)
-    img = open_nifti(path)
-    shape3 = shape_3d(img.shape, path)
-    try:
-        data = np.asarray(img.dataobj) if label else img.get_fdata(dtype=np.float32)
-    except (OSError, EOFError, zlib.error, ValueError) as e:
-        raise InputError(f"voxel data cannot be read ({type(e).__name__}: {e})", path=path,
-                         fix="the file is corrupt or truncated: copy it again from the source") from None
-    data = data.reshape(shape3)
-    affine = np.asarray(img.affine, dtype=np.float64)
+def check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
+    """The affine as float64, refused when it holds NaN/Inf or an implausible voxel spacing."""
+    affine = np.asarray(affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)):
         raise InputError("affine holds NaN or Inf", path=path, fix="repair the header's qform/sform")
     spacing = np.linalg.norm(affine[:3, :3], axis=0)
     if np.any(spacing < 1e-3) or np.any(spacing > 100):
         raise InputError(f"voxel spacing {tuple(np.round(spacing, 4))} mm is implausible", path=path,
                          fix="repair the header's pixdim/qform/sform (spacing must be between 0.001 and 100 mm)")
+    return affine
+
+
+def scan_geometry(path: str | Path, *, volume: int | None = None) -> tuple[tuple[int, int, int], np.ndarray]:
+    """(3D shape, affine) from the header alone, checked as `load_scan` checks them; no voxel is read."""
+    path = Path(path)
+    img = open_nifti(path)
+    shape3, _ = select_volume(img.shape, path, volume)
+    return shape3, check_affine(img.affine, path)
+
+
+def load_scan(path: str | Path, *, label: bool = False, volume: int | None = None) -> Scan:
+    """Read a 3D NIfTI; CT intensities as float32 HU, labels as their stored integers.
+
+    `volume`: which volume of a 4D series to read (required for one, refused beyond its length).
+    """
+    path = Path(path)
+    img = open_nifti(path)
+    shape3, index = select_volume(img.shape, path, volume)
+    affine = check_affine(img.affine, path)
+    try:
+        if index is not None:  # read one volume through the proxy: the series is never loaded whole
+            data = np.asarray(img.dataobj[(slice(None),) * 3 + (index,)])
+            if not label:
+                data = data.astype(np.float32, copy=False)
+        else:
+            data = np.asarray(img.dataobj) if label else img.get_fdata(dtype=np.float32)
+    except (OSError, EOFError, zlib.error, ValueError) as e:
+        raise InputError(f"voxel data cannot be read ({type(e).__name__}: {e})", path=path,
+                         fix="the file is corrupt or truncated: copy it again from the source") from None
+    data = data.reshape(shape3)
     if label:
         if not np.issubdtype(data.dtype, np.integer):
             if not np.all(np.isfinite(data)) or not np.all(data == np.round(data)):

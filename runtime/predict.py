@@ -7,11 +7,21 @@ maps, a multi-label map when the engine has several organs, a preview PNG, and `
 ran, time per stage, windows, organ volumes in mL, peak memory. The report is written last and a
 `<case>.partial` marker first, so a crashed run resumes: a case with a report is skipped, a case
 with a marker is redone, and outputs that neither edgeseg run made are not overwritten without --force.
+
+Faults: the output folder is locked for the run (`edgeseg.runtime.lock`: a second run into it is
+refused); a case that fails or is interrupted (Ctrl-C, disk full) removes the outputs it had
+written and its marker, so nothing of it is left; a run killed outright leaves its marker (and
+maybe a hidden temporary), and the next run redoes the case and removes the temporaries. Before
+any voxel is read, the memory the case needs is estimated from its header (`estimate_memory`) and
+a scan beyond the budget (`max_memory_gib`, else the memory available now) is refused with the
+number needed. A 4D series is segmented one volume at a time (`volume`). See docs/faults.md.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,10 +29,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgeseg.runtime.atomic import write_text_atomic
-from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.atomic import remove_stale_temporaries, write_text_atomic
+from edgeseg.runtime.errors import InputError, ResourceError, user_facing_os_errors
 from edgeseg.runtime.host import peak_rss_gib
-from edgeseg.runtime.nifti import is_nifti_path, load_scan, save_like
+from edgeseg.runtime.lock import output_lock
+from edgeseg.runtime.nifti import is_nifti_path, load_scan, open_nifti, save_like, scan_geometry
+
+GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,17 @@ class PredictOptions:
     save_prob: bool = False
     preview: bool = False
     force: bool = False
+    volume: int | None = None  # which volume of 4D series to segment (a 4D scan without it is refused)
+    max_memory_gib: float | None = None  # memory budget of the whole process; None: what is available now
+
+    def __post_init__(self) -> None:
+        if self.volume is not None and (isinstance(self.volume, bool) or not isinstance(self.volume, int)
+                                        or self.volume < 0):
+            raise InputError(f"--volume {self.volume!r} must be a whole number >= 0", fix="e.g. --volume 0")
+        if self.max_memory_gib is not None and not (isinstance(self.max_memory_gib, (int, float))
+                                                    and math.isfinite(self.max_memory_gib) and self.max_memory_gib > 0):
+            raise InputError(f"--max-memory {self.max_memory_gib!r} must be a positive number of GiB",
+                             fix="e.g. --max-memory 8")
 
 
 def case_name(path: Path) -> str:
@@ -102,23 +126,158 @@ def outputs_for(case: str, organs: Sequence[str], opts: PredictOptions) -> list[
     return names
 
 
+def estimate_memory(input_shape, model_shape, n_organs: int, window, *, sw_batch: int = 1,
+                    input_itemsize: int = 4, save_prob: bool = False) -> dict[str, int]:
+    """Peak bytes of the arrays one case allocates, per stage, and their maximum (`peak`).
+
+    Follows what `predict_scan` holds at each stage: the scan as float32 (and its raw voxels while
+    they are converted), the model-grid image and its resampling, the sliding window's accumulators
+    (one float32 map per organ, one weight map) and their concatenation into the probabilities, a
+    batch of windows in and out, and the masks on the way back to the scan's grid (the multi-label
+    map's int64 argmax included). The backend's own memory (weights, one batch of activations) is
+    not in it: it is already resident when the check runs, and is counted there.
+    """
+    n_in, n_m = int(np.prod(input_shape)), int(np.prod(model_shape))
+    o, f4 = int(n_organs), 4
+    win = int(np.prod(window))
+    scan = n_in * f4
+    # a batch in and out, per-output scratch, and the Gaussian map (float64 while it is made, then float32)
+    windows = sw_batch * win * f4 * (1 + o) + o * win * f4 + win * (8 + f4 + f4)
+    # per organ: two bool masks (this organ's and the last one's), int32 components or the float copy,
+    # float back on the scan grid and its contiguous copy; labels: int64 argmax, float32 max, bool, int64
+    # where and its int64 operand, then float32, while the last organ's bool mask is still held
+    post_organ = n_m * (2 + f4 + f4) + n_in * (f4 + f4 + 1)
+    post_labels = n_m * (1 + 8 + f4 + 1 + 8 + 8) + n_in * (f4 + f4 + 1) if o > 1 else 0
+    post_prob = n_in * (f4 + f4) if save_prob else 0
+    stages = {
+        "read": n_in * (f4 + int(input_itemsize) + 8),  # raw voxels, float64 while scl_slope is applied, float32
+        "preprocess": scan + n_m * 2 * f4,
+        "inference": scan + n_m * f4 * max(1 + 2 * o, 2 + o) + windows,
+        "postprocess": scan + n_m * f4 * (1 + o) + o * n_in + max(post_organ, post_labels, post_prob),
+    }
+    return {**stages, "peak": max(stages.values())}
+
+
+def _rss_bytes() -> int:
+    """This process's resident memory now (0 where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+
+
+def _available_bytes() -> int | None:
+    """Memory the machine can give without swapping (MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_memory(engine, path: Path, opts: PredictOptions) -> dict:
+    """Refuse a scan whose case would not fit the memory budget, before any voxel is read; return the numbers.
+
+    Budget: `opts.max_memory_gib` for the whole process, or (when unset) the memory available now on
+    top of what the process already holds. The process's resident memory now (engine loaded) plus the
+    case's estimated peak must fit.
+    """
+    from edgeseg.runtime.preprocess import plan_grid
+
+    shape, affine = scan_geometry(path, volume=opts.volume)
+    t = plan_grid(shape, affine, engine.preprocess)
+    itemsize = int(open_nifti(path).get_data_dtype().itemsize)
+    est = estimate_memory(shape, t.model_shape, len(engine.organs), engine.preprocess.window,
+                          sw_batch=opts.sw_batch, input_itemsize=itemsize, save_prob=opts.save_prob)
+    resident = _rss_bytes()
+    need = resident + est["peak"]
+    if opts.max_memory_gib is not None:
+        budget, source = int(opts.max_memory_gib * GIB), f"--max-memory {opts.max_memory_gib:g}"
+    else:
+        available = _available_bytes()
+        budget = None if available is None else resident + available
+        source = f"the {(available or 0) / GIB:.1f} GiB this machine has available now (no --max-memory given)"
+    info = {"input_shape": list(shape), "model_shape": list(t.model_shape), "estimated_peak_gib": round(est["peak"] / GIB, 3),
+            "resident_gib": round(resident / GIB, 3), "budget_gib": None if budget is None else round(budget / GIB, 3)}
+    if budget is not None and need > budget:
+        need_gib = math.ceil(need / GIB * 10) / 10
+        raise ResourceError(
+            f"needs about {need_gib:.1f} GiB of memory: {est['peak'] / GIB:.2f} GiB for this scan (shape "
+            f"{'x'.join(map(str, shape))}, model grid {'x'.join(map(str, t.model_shape))} at "
+            f"{'x'.join(f'{v:g}' for v in engine.preprocess.spacing)} mm, {len(engine.organs)} organ(s)) on top of the "
+            f"{resident / GIB:.2f} GiB this run holds already; over the budget of {source}; nothing was written",
+            path=path,
+            fix=f"run it with --max-memory {need_gib:.1f} (or more) on a machine with that much free memory, or crop "
+                "the scan to the region of interest first (a large field of view or an unusual spacing makes the "
+                "model grid large)")
+    return info
+
+
+def check_engine_input(engine) -> None:
+    """Refuse an engine whose graph takes another window than its manifest says, before any scan is read."""
+    inputs = getattr(getattr(engine, "backend", None), "inputs", None) or ()
+    if not inputs:
+        return
+    shape = tuple(inputs[0].shape)
+    want = tuple(int(w) for w in engine.window)
+    if len(shape) != 5 or any(s is not None and s != w for s, w in zip(shape[2:], want)):
+        got = tuple("N" if s is None else s for s in shape)
+        raise InputError(
+            f"its graph takes input {inputs[0].name!r} of shape {got}, but its manifest's window is {want} "
+            "(the graph was replaced or exported for another spec)", path=getattr(engine, "folder", None),
+            fix="fuse the engine again from its trunk and adapters (edgeseg fuse TRUNK ADAPTER... --out DIR)")
+
+
+def _clean_up_case(paths: Sequence[Path]) -> None:
+    """Remove a failed attempt's files, best effort (the error that stopped the case is what gets reported)."""
+    for p in paths:
+        try:
+            p.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str | None = None) -> dict:
     """Segment one scan with an open engine; returns (and writes) its report."""
-    from edgeseg.runtime.preprocess import mask_to_input_grid, preprocess_scan, to_input_grid
-
     case = case or case_names([path])[0]
     report_path, marker = out / f"{case}.json", out / f"{case}.partial"
     mine = marker.exists()
     force = opts.force or mine  # a marker means an edgeseg run began this case: its files are ours to redo
+    names = outputs_for(case, engine.organs, opts)
     if not force:
-        clash = [n for n in outputs_for(case, engine.organs, opts) if (out / n).exists()]
+        clash = [n for n in names if (out / n).exists()]
         if clash:
             raise InputError(f"outputs already exist: {', '.join(clash)}", path=out, fix="pass --force to overwrite them")
-    out.mkdir(parents=True, exist_ok=True)
-    marker.write_text("edgeseg predict started this case; it is incomplete until its report exists\n")
+    memory = check_memory(engine, path, opts)  # from the header: refused before anything is read or written
+    written: list[Path] = []
+    with user_facing_os_errors(marker, doing="writing the case marker"):
+        out.mkdir(parents=True, exist_ok=True)
+        marker.write_text("edgeseg predict started this case; it is incomplete until its report exists\n")
+    try:
+        remove_stale_temporaries([out / n for n in names] + [report_path])  # what a killed run left
+        report_path.unlink(missing_ok=True)  # a redone case is not complete until its new report exists
+        report = _run_case(engine, path, out, opts, case, force, written, memory)
+        write_text_atomic(report_path, json.dumps(report, indent=2) + "\n", force=True)
+    except BaseException:
+        # Ctrl-C, disk full, a bad scan: remove what this attempt wrote (and, when an earlier edgeseg run had
+        # begun the case, what that one left), then the marker. A user's file it did not overwrite stays.
+        _clean_up_case([*written, *([out / n for n in names] if mine else []), marker])
+        raise
+    marker.unlink()
+    return report
+
+
+def _run_case(engine, path: Path, out: Path, opts: PredictOptions, case: str, force: bool, written: list[Path],
+              memory: dict) -> dict:
+    from edgeseg.runtime.preprocess import mask_to_input_grid, preprocess_scan, to_input_grid
+
     t: dict[str, float] = {}
     t0 = time.perf_counter()
-    scan = load_scan(path)
+    scan = load_scan(path, volume=opts.volume)
     t["read"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -148,7 +307,6 @@ def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str 
     t["postprocess"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    written = []
     for organ, mask in masks.items():
         written.append(save_like(mask, scan, out / f"{case}_{organ}.nii.gz", force=force))
         if opts.save_prob:
@@ -163,24 +321,32 @@ def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str 
                                      {o: m > 0 for o, m in masks.items()}, force=force))
     t["write"] = time.perf_counter() - t0
 
-    report = {
-        "case": case, "input": str(path.resolve()), "shape": list(scan.shape),
+    return {
+        "case": case, "input": str(path.resolve()), "volume": opts.volume, "shape": list(scan.shape),
         "spacing_mm": [round(s, 4) for s in scan.spacing], "model_grid": list(prepared.transform.model_shape),
         "engine": str(engine.folder), "ran": engine.ran, "organs": list(engine.organs),
         "volume_ml": volumes, "windows": {k: stats.get(k) for k in ("windows", "run", "skipped", "batches")},
         "seconds": {k: round(v, 3) for k, v in t.items()}, "total_seconds": round(sum(t.values()), 3),
-        "peak_rss_gib": peak_rss_gib(), "options": asdict(opts), "outputs": [p.name for p in written],
+        "peak_rss_gib": peak_rss_gib(), "memory": memory, "options": asdict(opts),
+        "outputs": [p.name for p in written],
     }
-    write_text_atomic(report_path, json.dumps(report, indent=2) + "\n", force=True)
-    marker.unlink()
-    return report
 
 
 def predict_many(engine, inputs: Sequence[str | Path], out: str | Path, opts: PredictOptions, *,
                  progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda m: None) -> list[dict]:
-    """Segment every input with one loaded engine; cases with a report are skipped unless `force`."""
+    """Segment every input with one loaded engine; cases with a report are skipped unless `force`.
+
+    The output folder is locked for the whole run: a second run into it is refused.
+    """
     out = Path(out)
     scans = collect_inputs(inputs)
+    check_engine_input(engine)
+    with output_lock(out, "edgeseg predict"):
+        return _predict_all(engine, scans, out, opts, progress, log)
+
+
+def _predict_all(engine, scans: list[Path], out: Path, opts: PredictOptions,
+                 progress: Callable[[int, int], None] | None, log: Callable[[str], None]) -> list[dict]:
     reports = []
     for i, (path, case) in enumerate(zip(scans, case_names(scans))):
         done = out / f"{case}.json"

@@ -89,3 +89,80 @@ def test_save_like_refuses_overwrite_and_leaves_no_temporary(tmp_path, real_ct):
     save_like(mask, scan, out, force=True)
     assert np.asarray(nib.load(str(out)).dataobj)[0, 0, 0] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mask.nii.gz"]
+
+
+# --- the bad-input matrix (docs/faults.md) ---------------------------------------------------------
+
+
+def test_corrupt_gzip_names_the_file_and_the_fix(tmp_path, real_ct):
+    raw = bytearray(real_ct.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte in the compressed stream: a bad block or CRC
+    p = tmp_path / "flipped.nii.gz"
+    p.write_bytes(bytes(raw))
+    with pytest.raises(InputError) as e:
+        load_scan(p)
+    assert str(p) in e.value.message and "corrupt or truncated" in e.value.message and "copy it again" in e.value.fix
+
+
+def test_4d_series_needs_a_volume_index(tmp_path):
+    data = np.stack([np.full((6, 5, 4), 10 * t, np.int16) for t in range(3)], axis=-1)
+    p = save_nifti(tmp_path / "series.nii.gz", data, AFF)
+    with pytest.raises(InputError) as e:
+        load_scan(p)
+    assert str(p) in e.value.message and "4D series of 3 volumes" in e.value.problem
+    assert "--volume INDEX (0 to 2)" in e.value.fix
+    scan = load_scan(p, volume=2)
+    assert scan.shape == (6, 5, 4) and scan.data.dtype == np.float32 and np.all(scan.data == 20)
+    np.testing.assert_array_equal(scan.affine, nib.load(str(p)).affine)
+    with pytest.raises(InputError, match="--volume 3 is out of range: the scan holds 3 volumes") as e:
+        load_scan(p, volume=3)
+    assert "--volume 0 to 2" in e.value.fix
+
+
+def test_volume_index_on_a_3d_scan_is_refused_unless_0(tmp_path):
+    p = save_nifti(tmp_path / "s.nii.gz", np.zeros((6, 5, 4), np.int16), AFF)
+    assert load_scan(p, volume=0).shape == (6, 5, 4)
+    with pytest.raises(InputError, match="single 3D volume.*--volume 1 does not exist") as e:
+        load_scan(p, volume=1)
+    assert "leave --volume out" in e.value.fix
+
+
+def test_singleton_axes_are_read_and_zero_sized_axes_refused(tmp_path):
+    p = save_nifti(tmp_path / "slab.nii.gz", np.ones((1, 5, 4), np.int16), AFF)
+    assert load_scan(p).shape == (1, 5, 4)
+    p = tmp_path / "empty.nii"  # an image with no slices, as a failed export writes
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 0), np.int16), AFF), str(p))
+    with pytest.raises(InputError, match="empty axis") as e:
+        load_scan(p)
+    assert str(p) in e.value.message and e.value.fix
+
+
+def test_inf_voxels_are_refused_and_counted(tmp_path):
+    data = np.zeros((4, 4, 4), np.float32)
+    data[0, 0, :2] = [np.inf, -np.inf]
+    with pytest.raises(InputError, match="2 NaN/Inf voxels") as e:
+        load_scan(save_nifti(tmp_path / "inf.nii.gz", data, AFF))
+    assert "-1024 HU" in e.value.fix
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])
+def test_every_stored_dtype_is_read_as_float32_hu_exactly(tmp_path, dtype):
+    values = np.array([0, 1, 100, 127], dtype=dtype).reshape(1, 2, 2)
+    scan = load_scan(save_nifti(tmp_path / f"{np.dtype(dtype).name}.nii.gz", values, AFF))
+    assert scan.data.dtype == np.float32
+    np.testing.assert_array_equal(scan.data, values.astype(np.float32))
+
+
+@pytest.mark.parametrize("spacing", [0.0001, 250.0])
+def test_extreme_spacing_is_refused(tmp_path, spacing):
+    p = save_nifti(tmp_path / "s.nii.gz", np.zeros((4, 4, 4), np.int16), np.diag([1.0, 1.0, spacing, 1.0]))
+    with pytest.raises(InputError, match="implausible") as e:
+        load_scan(p)
+    assert str(p) in e.value.message and "between 0.001 and 100 mm" in e.value.fix
+
+
+def test_label_with_fractional_values_is_refused(tmp_path):
+    p = save_nifti(tmp_path / "lab.nii.gz", np.full((3, 3, 3), 0.5, np.float32), AFF)
+    with pytest.raises(InputError, match="non-integer") as e:
+        load_scan(p, label=True)
+    assert str(p) in e.value.message
