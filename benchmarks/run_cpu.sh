@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Regenerate every committed CPU result on this machine, under benchmarks/results/<machine>/ (the machine
+# is described inside each JSON: CPU model, cores, memory, platform, library versions).
+#
+#   bash benchmarks/run_cpu.sh                         # everything: several hours on 2 cores
+#   STEPS="trunk engine" bash benchmarks/run_cpu.sh    # some steps only
+#
+# Steps (in this order): export backends trunk trunk-pre engine scan adapt predict
+#   export     benchmarks/export_full_size.py      -> export_full_size.json
+#   backends   benchmarks/cpu_backends.py          -> cpu_backends.json
+#   trunk      edgeseg bench trunk (fs48, decoder1, batch 1,4) -> bench_trunk_fs48_decoder1.{json,md,png}
+#   trunk-pre  edgeseg bench trunk (fs48, pre-decoder1, batch 1) -> bench_trunk_fs48_pre-decoder1.*
+#   engine     edgeseg bench engine (fs48 trunk + linear probe, batch 1) -> bench_engine_fs48_decoder1.*
+#   scan       edgeseg bench scan (real CT + phantoms at 3, 2, 1.5 and 0.78x0.78x1.5 mm) -> bench_scan_fs48.*
+#   adapt      edgeseg bench adapt (K = 1, 5, 10)  -> adapt_memory.{json,md,png}
+#   predict    benchmarks/predict_scan.py          -> predict_scan.json
+# Environment: PYTHON (.venv/bin/python), THREADS (all cores), WORK (/tmp/edgeseg-bench-cpu: the seeded
+# random-weight fs48 checkpoint, trunks and engine are made there once and reused), RUNS (5), WARMUP (1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py="${PYTHON:-.venv/bin/python}"
+threads="${THREADS:-$(nproc)}"
+work="${WORK:-/tmp/edgeseg-bench-cpu}"
+runs="${RUNS:-5}"
+warmup="${WARMUP:-1}"
+steps=" ${STEPS:-export backends trunk trunk-pre engine scan adapt predict} "
+machine="$("$py" -m edgeseg.bench.machine --cpu)"
+res="benchmarks/results/$machine"
+mkdir -p "$res" "$work"
+log() { echo "== $(date -u +%FT%TZ) $*"; }
+want() { [[ "$steps" == *" $1 "* ]]; }
+
+trunk48() {  # the seeded random-weight feature_size 48 trunk at cut $1 (exported once, reused)
+  "$py" -m edgeseg.bench.artifacts trunk --feature-size 48 --window 96 --cut "$1" --precision fp32,fp16 \
+    --threads "$threads" --out "$work/trunk-fs48-$1"
+}
+
+log "machine $machine, $threads threads, results in $res, artifacts in $work"
+"$py" -m edgeseg info
+
+if want export; then
+  log export; "$py" benchmarks/export_full_size.py --feature-size 48 --threads "$threads" --workdir "$work/export"
+fi
+if want backends; then
+  log backends; "$py" benchmarks/cpu_backends.py --threads "$threads" --workdir "$work/cpu_backends"
+fi
+if want trunk; then
+  log trunk; trunk48 decoder1
+  "$py" -m edgeseg bench trunk "$work/trunk-fs48-decoder1" --batch 1,4 --warmup "$warmup" --runs "$runs" \
+    --threads "$threads" --out "$res"
+fi
+if want trunk-pre; then
+  log trunk-pre; trunk48 pre-decoder1
+  "$py" -m edgeseg bench trunk "$work/trunk-fs48-pre-decoder1" --batch 1 --warmup "$warmup" --runs "$runs" \
+    --threads "$threads" --out "$res"
+fi
+if want engine || want scan; then
+  trunk48 decoder1
+  "$py" -m edgeseg.bench.artifacts engine --trunk "$work/trunk-fs48-decoder1" --out "$work/engine-fs48" --threads "$threads"
+fi
+if want engine; then
+  log engine
+  "$py" -m edgeseg bench engine "$work/engine-fs48" --batch 1 --warmup "$warmup" --runs "$runs" --threads "$threads" \
+    --out "$res"
+fi
+if want scan; then
+  log scan  # the fastest CPU backend measured here; phantoms are generated once under $work/scan
+  "$py" -m edgeseg bench scan "$work/engine-fs48" --backend openvino --threads "$threads" --workdir "$work/scan" \
+    --out "$res"
+fi
+if want adapt; then
+  log adapt
+  "$py" -m edgeseg bench adapt --feature-size 48 --crop 96 --steps 3 --ks 1,5,10 --threads "$threads" \
+    --workdir "$work/adapt" --out "$res"
+fi
+if want predict; then
+  log predict; "$py" benchmarks/predict_scan.py --backend openvino --threads "$threads" --workdir "$work/predict"
+fi
+log "done: $res"
+ls -l "$res"

@@ -1,0 +1,99 @@
+"""Seeded random-weight artifacts to benchmark with (the timing does not depend on the weights).
+
+    python -m edgeseg.bench.artifacts trunk --out DIR [--feature-size 48] [--window 96] [--cut decoder1]
+                                            [--precision fp32,fp16] [--batch 4] [--tensorrt]
+    python -m edgeseg.bench.artifacts engine --trunk DIR --out DIR [--tensorrt]
+
+`trunk`: a SwinUNETR with torch.manual_seed(0) weights, saved as DIR.safetensors beside DIR (the
+torch backend rebuilds the trunk from it), exported with `edgeseg.export.trunk.export_trunk` (parity
+and all). `engine`: that trunk fused with an untrained linear-probe adapter for "liver", written by
+the same adapter writer `edgeseg adapt` uses. An artifact whose manifest already exists is reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def random_trunk(out: Path, *, feature_size: int = 48, window: int = 96, cut: str = "decoder1",
+                 precisions: tuple[str, ...] = ("fp32", "fp16"), max_batch: int = 4, tensorrt: bool = False,
+                 threads: int | None = None, log=print) -> Path:
+    if (out / "manifest.json").exists():
+        log(f"{out}: exists, reused")
+        return out
+    import torch
+
+    from edgeseg.export.trunk import export_trunk
+    from edgeseg.model.checkpoint import save_checkpoint
+    from edgeseg.model.spec import ModelSpec
+    from edgeseg.model.swinunetr import build_swinunetr
+    from edgeseg.runtime.preprocess import PreprocessSpec
+
+    spec = ModelSpec(feature_size=feature_size, out_channels=1, class_names=("liver",),
+                     preprocess=PreprocessSpec(window=(window,) * 3))
+    torch.manual_seed(0)
+    ckpt = out.parent / f"{out.name}.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(build_swinunetr(spec), spec, ckpt, force=True)
+    export_trunk(ckpt, out, cut=cut, precisions=precisions, max_batch=max_batch, tensorrt=tensorrt, threads=threads,
+                 force=True, log=log)
+    return out
+
+
+def random_engine(trunk: Path, out: Path, *, tensorrt: bool = False, threads: int | None = None, log=print) -> Path:
+    if (out / "manifest.json").exists():
+        log(f"{out}: exists, reused")
+        return out
+    from edgeseg.adapters import build_adapter
+    from edgeseg.export.adapter import save_adapter
+    from edgeseg.export.fuse import fuse
+    from edgeseg.runtime.manifest import read_manifest
+
+    manifest = read_manifest(trunk, "trunk", verify_files=False)
+    fs = manifest["model_spec"]["feature_size"]
+    if manifest["cut"] != "decoder1":
+        from edgeseg.runtime.errors import InputError
+
+        raise InputError("the benchmark engine puts a linear probe on a decoder1 trunk", path=trunk,
+                         fix="export the trunk with --cut decoder1")
+    adapter_dir = out.parent / f"{out.name}-adapter"
+    if not (adapter_dir / "manifest.json").exists():
+        body = {"adapter": "lp", "organ": "liver", "cut": "decoder1", "init": {"block": "random", "head": "random"},
+                "trainable_params": fs + 1, "feature_size": fs, "trunk_manifest_sha256": manifest["manifest_sha256"],
+                "note": "untrained: for timing only", "io": {"inputs": ["features"], "output": "logits"}}
+        save_adapter(build_adapter("lp", feature_size=fs), adapter_dir, body, force=True)
+    fuse(trunk, [adapter_dir], out, tensorrt=tensorrt, threads=threads, force=True, log=log)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    t = sub.add_parser("trunk")
+    t.add_argument("--out", type=Path, required=True)
+    t.add_argument("--feature-size", type=int, default=48)
+    t.add_argument("--window", type=int, default=96)
+    t.add_argument("--cut", default="decoder1", choices=("decoder1", "pre-decoder1"))
+    t.add_argument("--precision", default="fp32,fp16")
+    t.add_argument("--batch", type=int, default=4)
+    t.add_argument("--tensorrt", action="store_true")
+    t.add_argument("--threads", type=int, default=None)
+    e = sub.add_parser("engine")
+    e.add_argument("--trunk", type=Path, required=True)
+    e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--tensorrt", action="store_true")
+    e.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.what == "trunk":
+        random_trunk(args.out, feature_size=args.feature_size, window=args.window, cut=args.cut,
+                     precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()), max_batch=args.batch,
+                     tensorrt=args.tensorrt, threads=args.threads)
+    else:
+        random_engine(args.trunk, args.out, tensorrt=args.tensorrt, threads=args.threads)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
