@@ -36,10 +36,11 @@ def _console(stderr: bool = False):
 @contextlib.contextmanager
 def _user_errors(as_json: bool) -> Iterator[None]:
     """Turn edgeseg errors into a clear message and the right exit code; never a traceback for bad input."""
-    from edgeseg.runtime.errors import EdgesegError
+    from edgeseg.runtime.errors import EdgesegError, internal_errors
 
     try:
-        yield
+        with internal_errors():  # a bug exits 1 with one clean message (JSON too), Ctrl-C 130, disk full 2
+            yield
     except EdgesegError as e:
         if as_json:
             print(json.dumps(e.to_dict()))
@@ -197,6 +198,55 @@ def export(
 
 
 @app.command()
+def pretrain(
+    out: Path = typer.Option(..., "--out", help="Folder for the weights (fp16 safetensors), pretrain.json and MODEL_CARD.md."),
+    steps: int = typer.Option(1000, "--steps", min=1, help="Optimiser steps (fixed, so a seed reproduces the run)."),
+    n_train: int = typer.Option(48, "--n-train", min=1, help="SOURCE-domain training phantoms."),
+    n_val: int = typer.Option(6, "--n-val", min=1, help="Held-out phantoms per domain (SOURCE and TARGET) for validation Dice."),
+    feature_size: int = typer.Option(12, "--feature-size", help="SwinUNETR feature size (multiple of 12)."),
+    spacing: float = typer.Option(3.0, "--spacing", help="Model grid spacing, mm."),
+    window: int = typer.Option(64, "--window", help="Crop and sliding-window side, voxels (multiple of 32)."),
+    lr: float = typer.Option(1e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the crop draw."),
+    data_seed: int = typer.Option(0, "--data-seed", help="Seed of the phantom dataset."),
+    eval_every: int = typer.Option(0, "--eval-every", min=0, help="Validate every N steps as well as at the end."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    force: bool = typer.Option(False, "--force", help="Replace existing weights in --out."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Pretrain a small SwinUNETR on phantom CT (the embedded default foundation model)."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with _user_errors(as_json):
+        from edgeseg.train.pretrain import PretrainConfig
+        from edgeseg.train.pretrain import pretrain as run_pretrain
+
+        config = PretrainConfig(steps=steps, n_train=n_train, n_val=n_val, feature_size=feature_size, spacing=spacing,
+                                window=window, lr=lr, seed=seed, data_seed=data_seed, eval_every=eval_every,
+                                threads=threads)
+        con = _console(stderr=as_json)
+        columns = (TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(),
+                   TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        tasks: dict[str, int] = {}
+        with Progress(*columns, console=con) as bar:
+            def progress(stage: str, done: int, total: int, loss: float | None) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total, loss="-")
+                bar.update(tasks[stage], completed=done, loss="-" if loss is None else f"{loss:.4f}")
+
+            report = run_pretrain(out, config, force=force, progress=progress,
+                                  log=lambda msg: con.print(escape(msg), highlight=False))
+        if as_json:
+            print(json.dumps({k: v for k, v in report.items() if k != "loss_curve"}, indent=2))
+        else:
+            val = report["validation_dice"]
+            con.print(f"[green]pretrained[/] {escape(str(out))}: mean validation Dice "
+                      + ", ".join(f"{d} {v['mean']:.3f}" for d, v in val.items())
+                      + f"; {report['timings']['total_seconds'] / 60:.1f} min", highlight=False)
+
+
+@app.command()
 def cache(
     trunk: Path = typer.Option(..., "--trunk", help="An exported trunk folder (edgeseg export)."),
     data: Path = typer.Option(..., "--data", help="Support dataset: TotalSegmentator folder, nnU-Net/MSD folder or CSV."),
@@ -262,6 +312,7 @@ def adapt(
 
     with _user_errors(as_json):
         from edgeseg.train.adapt import AdaptConfig
+        from edgeseg.runtime.lock import output_lock
         from edgeseg.train.adapt import adapt as run_adapt
 
         config = AdaptConfig(adapter=adapter.value, lr=lr, max_epochs=max_epochs, crop=crop, batch_size=batch_size,
@@ -270,7 +321,7 @@ def adapt(
         con = _console(stderr=as_json)
         columns = (TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TextColumn("loss {task.fields[loss]}"),
                    TimeElapsedColumn())
-        with Progress(*columns, console=con, transient=True) as bar:
+        with output_lock(out, "edgeseg adapt"), Progress(*columns, console=con, transient=True) as bar:
             task = bar.add_task("adapt", total=max_epochs, loss="-")
             manifest = run_adapt(cache_dir, out, config, force=force,
                                  progress=lambda e, total, value: bar.update(task, completed=e, loss=f"{value:.4f}"),
@@ -321,6 +372,10 @@ def predict(
     save_prob: bool = typer.Option(False, "--save-prob", help="Also write <case>_<organ>_prob.nii.gz."),
     preview: bool = typer.Option(False, "--preview", help="Also write <case>_preview.png (three slices, contours)."),
     threads: Optional[int] = typer.Option(None, "--threads"),
+    volume: Optional[int] = typer.Option(None, "--volume", min=0, help="For 4D series: which volume to segment (0-based)."),
+    max_memory: Optional[float] = typer.Option(
+        None, "--max-memory", help="Memory budget in GiB for the whole run (default: what is available now); "
+                                   "a scan that needs more is refused with the number needed, before it is read."),
     force: bool = typer.Option(False, "--force", help="Redo cases that have a report and overwrite existing outputs."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -333,7 +388,7 @@ def predict(
         from edgeseg.runtime.predict import PredictOptions, predict_many
 
         opts = PredictOptions(overlap=overlap, sw_batch=sw_batch, threshold=threshold, lcc=lcc, save_prob=save_prob,
-                              preview=preview, force=force)
+                              preview=preview, force=force, volume=volume, max_memory_gib=max_memory)
         con = _console(stderr=as_json)
         with open_engine(engine, backend=backend, precision=precision, threads=threads) as eng:
             con.print(escape(f"engine {engine}: {', '.join(eng.organs)} on {eng.ran['backend']} {eng.ran['precision']} "
@@ -345,6 +400,101 @@ def predict(
                                        log=lambda msg: con.print(escape(msg), highlight=False))
         if as_json:
             print(json.dumps(reports, indent=2))
+
+
+def _int_list(text: str, name: str) -> tuple[int, ...]:
+    from edgeseg.runtime.errors import InputError
+
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise InputError(f"{name} {text!r} is not a comma-separated list of integers", fix=f"e.g. {name} 1,5,10")
+    return values
+
+
+@app.command()
+def fewshot(
+    out: Path = typer.Option(..., "--out", help="Folder for features/, runs.jsonl (resumable), results.json, table.md, dsc_vs_k.png."),
+    checkpoint_path: Optional[Path] = typer.Option(None, "--checkpoint", help="Pretrained SwinUNETR with a head (default: the shipped phantom model)."),
+    organs: str = typer.Option("liver,gallbladder,pancreas", "--organs", help="Organs, comma-separated (base organs are under domain shift; others are novel)."),
+    ks: str = typer.Option("1,5,10", "--k", help="Support counts K, comma-separated."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds (each draws other supports), comma-separated."),
+    methods: str = typer.Option(",".join(("generalization", "scratch", "ft", "ft-last", "lp", "spatial", "decoder-block", "decoder-block+ti")),
+                                "--methods", help="Methods, comma-separated."),
+    n_cases: int = typer.Option(22, "--n-cases", min=2, help="Target-domain phantoms (queries + support pool)."),
+    n_query: int = typer.Option(5, "--n-query", min=1, help="Query scans per organ (the same for every run)."),
+    steps: int = typer.Option(60, "--steps", min=1, help="Training steps per run (every trained method alike)."),
+    crop: int = typer.Option(32, "--crop", min=8, help="Adapters' training crop side, feature voxels."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """The paper's few-shot protocol on target-domain phantoms: DSC per method, K and organ (resumable)."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    with _user_errors(as_json):
+        from edgeseg.assets import DEFAULT_MODEL
+        from edgeseg.fewshot import FewshotConfig, run_protocol
+
+        config = FewshotConfig(organs=tuple(o.strip() for o in organs.split(",") if o.strip()),
+                               ks=_int_list(ks, "--k"), seeds=_int_list(seeds, "--seeds"),
+                               methods=tuple(m.strip() for m in methods.split(",") if m.strip()),
+                               n_cases=n_cases, n_query=n_query, steps=steps, crop=crop, threads=threads)
+        con = _console(stderr=as_json)
+        columns = (TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+                   TimeRemainingColumn())
+        tasks: dict[str, int] = {}
+        with Progress(*columns, console=con) as bar:
+            def progress(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = bar.add_task(stage, total=total)
+                bar.update(tasks[stage], completed=done)
+
+            summary = run_protocol(checkpoint_path or DEFAULT_MODEL, out, config, progress=progress,
+                                   log=lambda msg: con.print(escape(msg), highlight=False))
+        if as_json:
+            print(json.dumps({k: v for k, v in summary.items() if k != "records"}, indent=2))
+        else:
+            con.print((out / "table.md").read_text(), highlight=False, markup=False)
+            con.print(f"[green]results[/] {escape(str(out))}", highlight=False)
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("out/demo"), "--out", help="The one folder every artifact lands in."),
+    organ: str = typer.Option("gallbladder", "--organ", help="Organ to adapt to (gallbladder: never labelled in pretraining)."),
+    k: int = typer.Option(5, "--k", min=1, help="Support phantoms."),
+    epochs: int = typer.Option(40, "--epochs", min=2, help="Adaptation epochs (the size prior starts halfway)."),
+    seed: int = typer.Option(0, "--seed"),
+    backend: str = typer.Option("auto", "--backend", help="auto, ort, openvino, torch (auto prints which ran)."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    force: bool = typer.Option(False, "--force", help="Run again into an --out that holds a finished demo."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Phantoms -> export the shipped model -> cache -> adapt (decoder-block + size prior) -> fuse -> predict."""
+    from rich.markup import escape
+
+    with _user_errors(as_json):
+        from edgeseg.demo import run_demo
+
+        con = _console(stderr=as_json)
+        with con.status("demo") as status:
+            summary = run_demo(out, organ=organ, k=k, seed=seed, epochs=epochs, backend=backend, threads=threads,
+                               force=force, log=lambda msg: con.print(escape(msg), highlight=False),
+                               stage=lambda name: status.update(f"demo: {name}"))
+        if as_json:
+            print(json.dumps(summary, indent=2))
+            return
+        con.print(f"\n[bold]Dice on held-out phantoms ({summary['organ']}, K={summary['k']}):[/] "
+                  + ", ".join(f"{c} {d:.3f}" for c, d in summary["dice_heldout"].items())
+                  + f"; mean {summary['dice_mean']:.3f}", highlight=False)
+        con.print("time per stage: " + ", ".join(f"{s} {v:.0f} s" for s, v in summary["seconds"].items())
+                  + f"; total {summary['total_seconds'] / 60:.1f} min; peak RSS {summary['peak_rss_gib']:.2f} GiB", highlight=False)
+        con.print(f"ran: {summary['ran']}", highlight=False)
+        con.print(f"real CT: {escape(summary['real_ct']['preview'])}", highlight=False)
+        con.print(f"[green]everything is in[/] {escape(summary['out'])}", highlight=False)
 
 
 @app.command()
@@ -410,6 +560,139 @@ def dataset(
                   f"{len(usable)} usable case(s){' (masks read)' if check else ''}", highlight=False)
         for prob in problems:
             con.print(f"  [yellow]{escape(prob['case'])}[/]: {escape(prob['reason'])}", highlight=False)
+
+
+# --- edgeseg bench: the measurements behind benchmarks/results (library: edgeseg.bench) -----------
+bench_app = typer.Typer(help="Benchmarks: trunk/engine per backend, end-to-end scans, adaptation cost.",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+BENCH_JSON_OPT = typer.Option(None, "--json", help="Also write the result JSON to PATH ('-': stdout, errors as JSON).")
+BENCH_OUT_OPT = typer.Option(None, "--out", help="Folder for <name>.json, <name>.md and <name>.png (e.g. benchmarks/results/<machine>).")
+BENCH_NAME_OPT = typer.Option(None, "--name", help="File stem in --out (default e.g. bench_trunk_fs48_decoder1).")
+BENCH_WORKDIR_OPT = typer.Option(None, "--workdir", help="Keep the worker jobs, logs and outputs here (default: a temporary folder).")
+BENCH_TIMEOUT_OPT = typer.Option(None, "--timeout", help="Seconds one worker process may run before it becomes an error row.")
+BENCH_BASELINE_OPT = typer.Option(None, "--baseline", help="Configuration the ratios are to (default: torch-cpu-fp32 for a trunk, ort-cpu-fp32 for an engine).")
+
+
+def _bench_run(json_path: Optional[Path], out: Optional[Path], name: Optional[str], run) -> None:
+    """Run a benchmark (`run(log)` returns the result), print its table, write its files."""
+    as_json = json_path is not None and str(json_path) == "-"
+    with _user_errors(as_json):
+        from rich.markup import escape
+
+        from edgeseg.bench.report import emit
+
+        con = _console(stderr=as_json)
+        result = run(lambda msg: con.print(escape(msg), highlight=False))
+        emit(result, con, out=out, json_path=json_path, stem=name)
+
+
+def _bench_windows(kind: str, folder: Path, backends: str, batch: str, warmup: int, runs: int, threads: Optional[int],
+                   timeout: Optional[float], workdir: Optional[Path], out: Optional[Path], name: Optional[str],
+                   json_path: Optional[Path], baseline: Optional[str]) -> None:
+    def run(log):
+        from edgeseg.bench.windows import bench_windows
+
+        return bench_windows(folder, kind, backends=backends, batches=_int_list(batch, "--batch"), warmup=warmup,
+                             runs=runs, threads=threads, workdir=workdir, timeout=timeout, log=log, baseline=baseline)
+
+    _bench_run(json_path, out, name, run)
+
+
+@bench_app.command("trunk")
+def bench_trunk(
+    folder: Path = typer.Argument(..., help="An exported trunk folder (edgeseg export)."),
+    backends: str = typer.Option("all", "--backends", help="all, or names/prefixes: torch, ort, openvino, tensorrt, ort-cpu, torch-cuda-fp16, ..."),
+    batch: str = typer.Option("1,4", "--batch", help="Batch sizes, comma-separated."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed calls after the first."),
+    runs: int = typer.Option(10, "--runs", min=1, help="Timed calls per configuration and batch."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per backend (default: all cores)."),
+    timeout: Optional[float] = BENCH_TIMEOUT_OPT, workdir: Optional[Path] = BENCH_WORKDIR_OPT,
+    out: Optional[Path] = BENCH_OUT_OPT, name: Optional[str] = BENCH_NAME_OPT, json_path: Optional[Path] = BENCH_JSON_OPT,
+    baseline: Optional[str] = BENCH_BASELINE_OPT,
+) -> None:
+    """Every backend and precision usable here on the same windows: latency, throughput, TFLOP/s, memory, parity."""
+    _bench_windows("trunk", folder, backends, batch, warmup, runs, threads, timeout, workdir, out, name, json_path,
+                   baseline)
+
+
+@bench_app.command("engine")
+def bench_engine(
+    folder: Path = typer.Argument(..., help="A fused engine folder (edgeseg fuse)."),
+    backends: str = typer.Option("all", "--backends", help="all, or names/prefixes: ort, openvino, tensorrt, ort-cpu, ..."),
+    batch: str = typer.Option("1,4", "--batch", help="Batch sizes, comma-separated."),
+    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed calls after the first."),
+    runs: int = typer.Option(10, "--runs", min=1, help="Timed calls per configuration and batch."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per backend (default: all cores)."),
+    timeout: Optional[float] = BENCH_TIMEOUT_OPT, workdir: Optional[Path] = BENCH_WORKDIR_OPT,
+    out: Optional[Path] = BENCH_OUT_OPT, name: Optional[str] = BENCH_NAME_OPT, json_path: Optional[Path] = BENCH_JSON_OPT,
+    baseline: Optional[str] = BENCH_BASELINE_OPT,
+) -> None:
+    """The fused engine (trunk + adapters) per backend: as `bench trunk`, against ONNX Runtime CPU fp32."""
+    _bench_windows("engine", folder, backends, batch, warmup, runs, threads, timeout, workdir, out, name, json_path,
+                   baseline)
+
+
+@bench_app.command("scan")
+def bench_scan(
+    engine: Path = typer.Argument(..., help="A fused engine folder (edgeseg fuse)."),
+    scans: Optional[list[Path]] = typer.Argument(None, help="NIfTI scans to add (the shipped real CT and phantoms run anyway)."),
+    real_ct: bool = typer.Option(True, "--real-ct/--no-real-ct", help="Include the shipped real CT."),
+    phantoms: bool = typer.Option(True, "--phantoms/--no-phantoms", help="Include phantoms at several sizes (the scaling curve)."),
+    phantom_spacing: list[str] = typer.Option([], "--phantom-spacing", help="Phantom voxel spacing in mm, '2' or '0.78,0.78,1.5'; repeatable (default: 3, 2, 1.5 and 0.78x0.78x1.5)."),
+    z_range: str = typer.Option("-300,150", "--z-range", help="Phantom extent along z, mm (bottom,top)."),
+    backend: str = typer.Option("auto", "--backend", help="auto, ort, openvino or tensorrt."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or bf16 (default: the backend's)."),
+    threads: Optional[int] = typer.Option(None, "--threads"),
+    overlap: float = typer.Option(0.25, "--overlap", min=0.0, max=0.95),
+    sw_batch: int = typer.Option(1, "--sw-batch", min=1),
+    timeout: Optional[float] = BENCH_TIMEOUT_OPT, workdir: Optional[Path] = BENCH_WORKDIR_OPT,
+    out: Optional[Path] = BENCH_OUT_OPT, name: Optional[str] = BENCH_NAME_OPT, json_path: Optional[Path] = BENCH_JSON_OPT,
+) -> None:
+    """End to end per scan, stage by stage, and time and peak memory against the number of voxels."""
+    def run(log):
+        from edgeseg.bench.scan import DEFAULT_SPACINGS, bench_scan as run_scan, parse_spacing
+        from edgeseg.runtime.errors import InputError
+
+        try:
+            zr = tuple(float(v) for v in z_range.split(","))
+        except ValueError:
+            zr = ()
+        if len(zr) != 2 or zr[0] >= zr[1]:
+            raise InputError(f"--z-range {z_range!r} is not 'bottom,top' in mm", fix="e.g. --z-range=-300,150")
+        spacings = [parse_spacing(s) for s in phantom_spacing] or list(DEFAULT_SPACINGS)
+        return run_scan(engine, scans or [], real_ct=real_ct, spacings=spacings if phantoms else [], z_range=zr,
+                        backend=backend, precision=precision, threads=threads, overlap=overlap, sw_batch=sw_batch,
+                        workdir=workdir, timeout=timeout, log=log)
+
+    _bench_run(json_path, out, name, run)
+
+
+@bench_app.command("adapt")
+def bench_adapt(
+    feature_size: int = typer.Option(48, "--feature-size", help="SwinUNETR feature size (48: the full-size model)."),
+    crop: int = typer.Option(96, "--crop", help="Training crop side, voxels."),
+    steps: int = typer.Option(3, "--steps", min=1, help="Timed optimiser steps (after one untimed warm-up step)."),
+    ks: str = typer.Option("1,5,10", "--ks", help="Support counts K for the cached runs, comma-separated."),
+    modes: str = typer.Option("cached,trunk-per-step,full-finetune", "--modes", help="cached, trunk-per-step (the paper's way), full-finetune."),
+    adapters: str = typer.Option("lp,spatial,decoder-block", "--adapters", help="Adapters, comma-separated."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    threads: Optional[int] = typer.Option(2, "--threads"),
+    region: int = typer.Option(128, "--region", help="Side of each synthetic cached organ region, voxels."),
+    timeout: Optional[float] = BENCH_TIMEOUT_OPT, workdir: Optional[Path] = BENCH_WORKDIR_OPT,
+    out: Optional[Path] = BENCH_OUT_OPT, name: Optional[str] = BENCH_NAME_OPT, json_path: Optional[Path] = BENCH_JSON_OPT,
+) -> None:
+    """Time per step and peak memory of each adapter on cached features vs the trunk per step vs full fine-tuning."""
+    def run(log):
+        from edgeseg.bench.adapt import run_adapt_bench
+
+        return run_adapt_bench(feature_size=feature_size, crop=crop, steps=steps, ks=_int_list(ks, "--ks"),
+                               modes=[m.strip() for m in modes.split(",") if m.strip()],
+                               adapters=[a.strip() for a in adapters.split(",") if a.strip()], device=device,
+                               threads=threads, region=region, workdir=workdir, timeout=timeout, log=log)
+
+    _bench_run(json_path, out, name, run)
 
 
 def main() -> None:
