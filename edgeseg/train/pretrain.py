@@ -325,6 +325,7 @@ def model_card(report: dict) -> str:
         f"- Wall time on {report['host'].get('cpu', '?')} ({report['threads']} threads, torch {report['torch']}): "
         f"phantoms {t['data_seconds']:.0f} s, training {t['train_seconds']:.0f} s, validation "
         f"{t['validation_seconds']:.0f} s, total {t['total_seconds'] / 60:.1f} min; peak RSS {report['peak_rss_gib']:.2f} GiB.",
+        *([f"- {report['timing_note']}"] if report.get("timing_note") else []),
         "- Loss (Dice + BCE, mean of each tenth of training): "
         + ", ".join(f"{np.mean(curve[i:i + k]):.3f}" for i in range(0, len(curve), k)),
         "",
@@ -337,6 +338,11 @@ def model_card(report: dict) -> str:
         cells = [val[d]["per_organ"].get(name) for d in val]
         lines.append(f"| {name} | " + " | ".join("-" if c is None else f"{c:.3f}" for c in cells) + " |")
     lines.append("| **mean** | " + " | ".join(f"**{val[d]['mean']:.3f}**" for d in val) + " |")
+    first = next(iter(val))
+    weak = [n for n, v in val[first]["per_organ"].items() if v is not None and v < 0.1]
+    if weak:
+        lines += ["", f"Not learned within this training budget ({first} Dice < 0.1): {', '.join(weak)}: the head's "
+                  "output for them means nothing; adapting to them is a few-shot task, as for a novel organ."]
     lines += ["", f"Reproduce: `edgeseg pretrain --out DIR --steps {cfg['steps']} --seed {cfg['seed']}` "
               "(same machine and library versions give the same weights).", ""]
     return "\n".join(lines)

@@ -64,5 +64,6 @@ def test_adapter_on_the_pretrained_trunk_reaches_dice_0_8_on_a_held_out_liver(ki
     m = adapt(cache, tmp_path / kind, AdaptConfig(adapter=kind, lr=lr, max_epochs=50, crop=32, seed=0, threads=2))
     steps = m["epochs"] * 6  # 6 crops per support per epoch, K = 2, batch 2
     dice = dice_score(_predict(tmp_path / kind, features), liver)
+    print(f"{kind}: held-out liver Dice {dice:.3f} after {steps} steps ({m['wall_seconds']} s)")
     assert dice >= 0.8, dice
     assert steps <= 300 and m["init"]["head"].startswith("pretrained head row 0 (liver)")
