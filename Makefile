@@ -21,8 +21,7 @@ setup: $(STAMP)
 
 demo: setup
 	$(BIN)/edgeseg info
-	$(BIN)/edgeseg phantom --n 4 --seed 0 --spacing 3 --preview --force --out $(DEMO)/phantoms
-	@echo "demo outputs: $(DEMO)/phantoms (preview.png in each case folder)"
+	$(BIN)/edgeseg demo --out $(DEMO) --force
 
 test: setup
 	$(BIN)/python -m pytest -q
