@@ -319,7 +319,10 @@ def test_cli_memory_refusal_and_volume_option(tmp_path, monkeypatch):
 def test_sigint_stops_a_real_run_promptly_and_cleanly(scan, tmp_path):
     started, out = tmp_path / "started", tmp_path / "out"
     code = (
-        "import sys, time\n"
+        "import signal, sys, time\n"
+        # a shell's background job starts with SIGINT ignored, and Python then installs no
+        # KeyboardInterrupt handler: give the child the handler an interactive run has
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from pathlib import Path\n"
         "import edgeseg.runtime.engine as engine_mod\n"
         "from tests.runtime.standin_engine import StandInBackend, make_engine\n"
