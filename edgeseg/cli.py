@@ -466,7 +466,7 @@ def demo(
     out: Path = typer.Option(Path("out/demo"), "--out", help="The one folder every artifact lands in."),
     organ: str = typer.Option("gallbladder", "--organ", help="Organ to adapt to (gallbladder: novel, never labelled in pretraining; spleen: a base organ under domain shift)."),
     k: int = typer.Option(5, "--k", min=1, help="Support phantoms."),
-    epochs: int = typer.Option(30, "--epochs", min=2, help="Adaptation epochs (the size prior starts halfway)."),
+    epochs: int = typer.Option(80, "--epochs", min=2, help="Adaptation epochs (the size prior starts halfway)."),
     seed: int = typer.Option(0, "--seed"),
     backend: str = typer.Option("auto", "--backend", help="auto, ort, openvino, torch (auto prints which ran)."),
     threads: Optional[int] = typer.Option(None, "--threads"),

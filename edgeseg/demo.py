@@ -30,7 +30,7 @@ def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
 
 
 def run_demo(out: str | Path, *, checkpoint: str | Path | None = None, organ: str = DEMO_ORGAN, k: int = 5, n_heldout: int = 3, seed: int = 0,
-             epochs: int = 30, backend: str = "auto", threads: int | None = None, force: bool = False,
+             epochs: int = 80, backend: str = "auto", threads: int | None = None, force: bool = False,
              log: Callable[[str], None] = print, stage: Callable[[str], None] = lambda name: None) -> dict:
     """Run every stage into `out` (refused if it holds a finished demo, unless `force`); returns the summary."""
     from edgeseg.assets import DEFAULT_MODEL, EXAMPLE_CT
