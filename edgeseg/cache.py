@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.runtime.atomic import write_text_atomic
+from edgeseg.runtime.atomic import fsync_dir, write_text_atomic
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.lock import LOCK_NAME, locks_output
 
@@ -206,19 +206,6 @@ def _slices(box: Box) -> tuple[slice, slice, slice]:
 
 
 # --- durable writes --------------------------------------------------------------------------------
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _save_npy(path: Path, array: np.ndarray) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as fh:
@@ -237,9 +224,9 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def _commit_case(partial: Path, final: Path) -> None:
     """Make a fully written case visible: one rename, then the folder's entry is made durable."""
-    _fsync_dir(partial)
+    fsync_dir(partial)
     os.replace(partial, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
 
 
 def _case_complete(folder: Path) -> bool:
@@ -576,7 +563,7 @@ def build_cache(trunk_dir, data: str | Path, organ: str, out: str | Path, *, k: 
         if not resuming:
             write_text_atomic(out / PLAN_NAME, json.dumps({"kind": "feature-cache-plan", "trunk": {
                 "folder": trunk_folder, "manifest_sha256": trunk_hash}, "plan": plan}, indent=1) + "\n", force=True)
-            _fsync_dir(out)
+            fsync_dir(out)
         for leftover in cases_dir.glob(f".*{PARTIAL_SUFFIX}"):
             log(f"removing the unfinished case {leftover.name} left by an interrupted run")
             shutil.rmtree(leftover)

@@ -23,12 +23,6 @@ from edgeseg.runtime.errors import InputError
 DEMO_ORGAN = "gallbladder"
 
 
-def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
-    pred, ref = pred > 0, ref > 0
-    denom = pred.sum() + ref.sum()
-    return 1.0 if denom == 0 else float(2 * np.logical_and(pred, ref).sum() / denom)
-
-
 def run_demo(out: str | Path, *, checkpoint: str | Path | None = None, organ: str = DEMO_ORGAN, k: int = 5, n_heldout: int = 3, seed: int = 0,
              epochs: int = 80, backend: str = "auto", threads: int | None = None, force: bool = False,
              log: Callable[[str], None] = print, stage: Callable[[str], None] = lambda name: None) -> dict:
@@ -44,6 +38,7 @@ def run_demo(out: str | Path, *, checkpoint: str | Path | None = None, organ: st
     from edgeseg.runtime.nifti import load_scan
     from edgeseg.runtime.predict import PredictOptions, predict_many
     from edgeseg.train.adapt import AdaptConfig, adapt
+    from edgeseg.train.losses import dice_score
     from edgeseg.train.pretrain import BASE_ORGANS
 
     if organ not in ORGANS:
@@ -100,7 +95,7 @@ def run_demo(out: str | Path, *, checkpoint: str | Path | None = None, organ: st
     for path, report in zip(heldout, reports):
         ref = load_scan(path.parent / "segmentations" / f"{organ}.nii.gz", label=True).data
         pred = load_scan(out / "predictions" / f"{report['case']}_{organ}.nii.gz", label=True).data
-        dice[path.parent.name] = round(_dice(pred, ref), 4)
+        dice[path.parent.name] = round(dice_score(pred, ref), 4)
     summary = {
         "kind": "demo", "organ": organ, "novel": novel, "k": k, "seed": seed, "out": str(out.resolve()),
         "model": str(checkpoint or DEFAULT_MODEL), "adapter": {key: adapted[key] for key in ("adapter", "trainable_params", "epochs",

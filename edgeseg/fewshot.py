@@ -266,13 +266,6 @@ class _WholeModel:
         return model
 
 
-def _dice(prob: np.ndarray, ref: np.ndarray) -> float:
-    pred = prob > 0.5
-    ref = ref > 0
-    denom = pred.sum() + ref.sum()
-    return 1.0 if denom == 0 else float(2 * np.logical_and(pred, ref).sum() / denom)
-
-
 def _predict(module, volume: np.ndarray, window, overlap: float, split: Callable | None = None) -> np.ndarray:
     import torch
 
@@ -294,6 +287,7 @@ def run_method(method: str, organ: str, supports: list[CaseFeatures], queries: l
 
     from edgeseg.adapters import build_adapter, count_trainable
     from edgeseg.train.adapt import AdaptConfig, CropSampler, fit_adapter
+    from edgeseg.train.losses import dice_score
     from edgeseg.train.size_prior import QuerySizeEstimator, target_size_ml
 
     window = tuple(spec.preprocess.window)
@@ -303,7 +297,7 @@ def run_method(method: str, organ: str, supports: list[CaseFeatures], queries: l
     if method == "generalization":
         if class_index is None:
             return {"skipped": f"the pretrained head has no {organ} channel (a novel organ)"}
-        dsc = [_dice(np.asarray(q.taps("probs")[class_index], dtype=np.float32), q.mask(organ)) for q in queries]
+        dsc = [dice_score(np.asarray(q.taps("probs")[class_index]) > 0.5, q.mask(organ)) for q in queries]
         return {"dsc_per_query": dsc, "trainable_params": 0, "train_seconds": 0.0,
                 "seconds": round(time.perf_counter() - t0, 2)}
 
@@ -352,7 +346,7 @@ def run_method(method: str, organ: str, supports: list[CaseFeatures], queries: l
             c = enc0.shape[0]
             prob = _predict(module, np.concatenate([enc0, up]), window, config.overlap,
                             split=lambda x, c=c: (x[:, :c], x[:, c:, ::2, ::2, ::2]))
-        dsc.append(_dice(prob, q.mask(organ)))
+        dsc.append(dice_score(prob > 0.5, q.mask(organ)))
     record = {"dsc_per_query": dsc, "trainable_params": count_trainable(module),
               "train_seconds": round(train_seconds, 2), "seconds": round(time.perf_counter() - t0, 2),
               "final_loss": round(fit["losses"][-1], 4), "epochs": len(fit["losses"])}

@@ -50,7 +50,7 @@ def atomic_path(target: str | Path, *, force: bool = False) -> Iterator[Path]:
             os.replace(tmp, target)
         except OSError as e:
             _reraise(e, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -63,7 +63,8 @@ def _reraise(e: OSError, target: Path) -> None:
     raise err from None
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new file in `folder` durable (no-op where directories cannot be fsynced)."""
     try:
         fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     except OSError:

@@ -29,6 +29,18 @@ def memory_gib() -> float | None:
     return None
 
 
+def available_memory_bytes() -> int | None:
+    """Memory the machine can give without swapping (MemAvailable), or None where unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def host_description() -> dict:
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "memory_gib": memory_gib(), "platform": platform.platform()}
 

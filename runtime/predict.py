@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import numpy as np
 
 from edgeseg.runtime.atomic import remove_stale_temporaries, write_text_atomic
 from edgeseg.runtime.errors import InputError, ResourceError, user_facing_os_errors
-from edgeseg.runtime.host import peak_rss_gib
+from edgeseg.runtime.host import available_memory_bytes, current_rss_gib, peak_rss_gib
 from edgeseg.runtime.lock import output_lock
 from edgeseg.runtime.nifti import is_nifti_path, load_scan, open_nifti, save_like, scan_geometry
 
@@ -158,27 +157,6 @@ def estimate_memory(input_shape, model_shape, n_organs: int, window, *, sw_batch
     return {**stages, "peak": max(stages.values())}
 
 
-def _rss_bytes() -> int:
-    """This process's resident memory now (0 where it cannot be read)."""
-    try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return 0
-
-
-def _available_bytes() -> int | None:
-    """Memory the machine can give without swapping (MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
 def check_memory(engine, path: Path, opts: PredictOptions) -> dict:
     """Refuse a scan whose case would not fit the memory budget, before any voxel is read; return the numbers.
 
@@ -193,12 +171,12 @@ def check_memory(engine, path: Path, opts: PredictOptions) -> dict:
     itemsize = int(open_nifti(path).get_data_dtype().itemsize)
     est = estimate_memory(shape, t.model_shape, len(engine.organs), engine.preprocess.window,
                           sw_batch=opts.sw_batch, input_itemsize=itemsize, save_prob=opts.save_prob)
-    resident = _rss_bytes()
+    resident = int(current_rss_gib() * GIB)
     need = resident + est["peak"]
     if opts.max_memory_gib is not None:
         budget, source = int(opts.max_memory_gib * GIB), f"--max-memory {opts.max_memory_gib:g}"
     else:
-        available = _available_bytes()
+        available = available_memory_bytes()
         budget = None if available is None else resident + available
         source = f"the {(available or 0) / GIB:.1f} GiB this machine has available now (no --max-memory given)"
     info = {"input_shape": list(shape), "model_shape": list(t.model_shape), "estimated_peak_gib": round(est["peak"] / GIB, 3),

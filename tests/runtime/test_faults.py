@@ -217,7 +217,7 @@ def test_oblique_lps_scan_comes_back_on_its_own_grid(tmp_path):
 def test_a_scan_over_the_memory_budget_is_refused_with_the_number_needed(tmp_path, monkeypatch):
     import edgeseg.runtime.predict as predict_mod
 
-    monkeypatch.setattr(predict_mod, "_rss_bytes", lambda: int(0.5 * GIB))  # the engine and libraries, loaded
+    monkeypatch.setattr(predict_mod, "current_rss_gib", lambda: 0.5)  # the engine and libraries, loaded
     # 16 x 16 x 16 voxels of 40 mm: a small file, but a 401^3 model grid at 1.5 mm (0.24 GiB per float map).
     path = write_ct(tmp_path / "huge.nii.gz", (16, 16, 16), (40.0, 40.0, 40.0))
     engine = make_engine(("liver", "spleen"), PreprocessSpec(window=(64, 64, 64)))
