@@ -231,7 +231,7 @@ def test_a_scan_over_the_memory_budget_is_refused_with_the_number_needed(tmp_pat
     assert "--max-memory 1" in err.problem and f"--max-memory {need:.1f}" in err.fix and "crop" in err.fix
     assert err.exit_code == 2 and listing(out) == [] and engine.backend.calls == 0  # refused before any work
     # Without --max-memory the budget is what the machine has available now.
-    monkeypatch.setattr(predict_mod, "_available_bytes", lambda: int(0.25 * GIB))
+    monkeypatch.setattr(predict_mod, "available_memory_bytes", lambda: int(0.25 * GIB))
     with pytest.raises(ResourceError, match=r"0\.2 GiB this machine has available now \(no --max-memory given\)"):
         predict_many(engine, [path], out, PredictOptions())
 
