@@ -367,6 +367,9 @@ def predict(
     precision: Optional[str] = typer.Option(None, "--precision", help="Graph to run: fp32 (default) or fp16."),
     overlap: float = typer.Option(0.25, "--overlap", min=0.0, max=0.95, help="Sliding-window overlap."),
     sw_batch: int = typer.Option(1, "--sw-batch", min=1, help="Windows per inference batch."),
+    reuse_blank: bool = typer.Option(
+        True, "--reuse-blank/--run-every-window",
+        help="Run the graph once for all windows of pure air (exact: they all get the same input)."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0),
     lcc: bool = typer.Option(False, "--lcc", help="Keep each organ's largest connected component."),
     save_prob: bool = typer.Option(False, "--save-prob", help="Also write <case>_<organ>_prob.nii.gz."),
@@ -388,7 +391,8 @@ def predict(
         from edgeseg.runtime.predict import PredictOptions, predict_many
 
         opts = PredictOptions(overlap=overlap, sw_batch=sw_batch, threshold=threshold, lcc=lcc, save_prob=save_prob,
-                              preview=preview, force=force, volume=volume, max_memory_gib=max_memory)
+                              preview=preview, force=force, volume=volume, max_memory_gib=max_memory,
+                              reuse_blank=reuse_blank)
         con = _console(stderr=as_json)
         with open_engine(engine, backend=backend, precision=precision, threads=threads) as eng:
             con.print(escape(f"engine {engine}: {', '.join(eng.organs)} on {eng.ran['backend']} {eng.ran['precision']} "

@@ -75,8 +75,14 @@ class Engine(OpenedArtifact):
 
     def probabilities(self, volume_chw: np.ndarray, *, overlap: float = 0.25, batch_size: int = 1,
                       progress: Callable[[int, int], None] | None = None,
-                      skip: Callable[[Sequence[int]], bool] | None = None, stats: dict | None = None) -> np.ndarray:
-        """Per-organ probabilities (n_organs, D, H, W) float32 over a preprocessed volume (C, D, H, W)."""
+                      skip: Callable[[Sequence[int]], bool] | None = None, stats: dict | None = None,
+                      reuse_blank: bool = True) -> np.ndarray:
+        """Per-organ probabilities (n_organs, D, H, W) float32 over a preprocessed volume (C, D, H, W).
+
+        reuse_blank: windows of pure air (every voxel at the HU window's floor, as the padding) all get the
+        same input, so the graph runs once for all of them (`sliding_window`'s `reuse_blank`: exact, since
+        SwinUNETR has no absolute position); stats["blank"] says how many windows that served.
+        """
         from edgeseg.runtime.sliding_window import sliding_window
 
         if not isinstance(volume_chw, np.ndarray) or volume_chw.ndim != 4:
@@ -90,7 +96,8 @@ class Engine(OpenedArtifact):
                              fix=f"pass --batch 1..{self.max_batch}")
         volume = np.asarray(volume_chw, dtype=np.float32)
         outs = sliding_window(volume, self.window, self.backend.predict, overlap=overlap, batch_size=batch_size,
-                              progress=progress, skip=skip, out_dtype=np.float32, stats=stats)
+                              progress=progress, skip=skip, out_dtype=np.float32, stats=stats,
+                              reuse_blank=reuse_blank)
         if len(outs) != len(self.organs):
             raise InputError(f"the graph returned {len(outs)} outputs for {len(self.organs)} organs",
                              path=self.folder, fix=f"fuse again: {REBUILD}")

@@ -48,6 +48,7 @@ class PredictOptions:
     force: bool = False
     volume: int | None = None  # which volume of 4D series to segment (a 4D scan without it is refused)
     max_memory_gib: float | None = None  # memory budget of the whole process; None: what is available now
+    reuse_blank: bool = True  # run the graph once for all pure-air windows (exact; see Engine.probabilities)
 
     def __post_init__(self) -> None:
         if self.volume is not None and (isinstance(self.volume, bool) or not isinstance(self.volume, int)
@@ -264,7 +265,8 @@ def _run_case(engine, path: Path, out: Path, opts: PredictOptions, case: str, fo
 
     t0 = time.perf_counter()
     stats: dict = {}
-    probs = engine.probabilities(prepared.image[None], overlap=opts.overlap, batch_size=opts.sw_batch, stats=stats)
+    probs = engine.probabilities(prepared.image[None], overlap=opts.overlap, batch_size=opts.sw_batch, stats=stats,
+                                 reuse_blank=opts.reuse_blank)
     t["inference"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -303,7 +305,7 @@ def _run_case(engine, path: Path, out: Path, opts: PredictOptions, case: str, fo
         "case": case, "input": str(path.resolve()), "volume": opts.volume, "shape": list(scan.shape),
         "spacing_mm": [round(s, 4) for s in scan.spacing], "model_grid": list(prepared.transform.model_shape),
         "engine": str(engine.folder), "ran": engine.ran, "organs": list(engine.organs),
-        "volume_ml": volumes, "windows": {k: stats.get(k) for k in ("windows", "run", "skipped", "batches")},
+        "volume_ml": volumes, "windows": {k: stats.get(k) for k in ("windows", "run", "blank", "skipped", "batches")},
         "seconds": {k: round(v, 3) for k, v in t.items()}, "total_seconds": round(sum(t.values()), 3),
         "peak_rss_gib": peak_rss_gib(), "memory": memory, "options": asdict(opts),
         "outputs": [p.name for p in written],
@@ -334,8 +336,10 @@ def _predict_all(engine, scans: list[Path], out: Path, opts: PredictOptions,
         else:
             r = predict_scan(engine, path, out, opts, case)
             vols = ", ".join(f"{o} {v:.1f} mL" for o, v in r["volume_ml"].items())
+            w = r["windows"]
+            blank = f" ({w['blank']} more of pure air: one run for all)" if w.get("blank") else ""
             log(f"{case}: {vols}; {r['total_seconds']:.1f} s ({r['ran']['backend']} {r['ran']['precision']}), "
-                f"{r['windows']['run']} windows")
+                f"{w['run']} windows{blank}")
             reports.append(r)
         if progress:
             progress(i + 1, len(scans))

@@ -266,6 +266,7 @@ def sliding_window(
     align: int | None = None,
     sigma_scale: float = 0.125,
     stats: dict | None = None,
+    reuse_blank: bool = False,
 ) -> tuple[np.ndarray, ...]:
     """Run `predict` over every window of `volume` (C, D, H, W) and blend the outputs; see the module doc.
 
@@ -274,11 +275,19 @@ def sliding_window(
     a value does not fit). `skip(start)` gets the window's first voxel on the volume grid (negative
     where the window starts in the padding); windows it returns True for are not run, and voxels no
     run window covers get 0. `progress(done, total)` is called after each batch with the windows run
-    so far and the windows to run (after skipping). `stats`, when given, is filled with: windows
-    (planned), run, skipped, batches (predict calls), discarded_windows (run under a plan that was
-    then aligned, see the module doc), predict_seconds, seconds (all of it), align (that the plan was
-    made with), pad ([before, after] per axis), scales (s_k). If every window is skipped, predict is
+    so far and the windows to run (after skipping; the one blank run counts as one). `stats`, when
+    given, is filled with: windows (planned), run, skipped, batches (predict calls), discarded_windows
+    (run under a plan that was then aligned, see the module doc), predict_seconds, seconds (all of
+    it), align (that the plan was made with), pad ([before, after] per axis), scales (s_k). If every window is skipped, predict is
     still called once (first window) to learn the output shapes, and every output is 0.
+
+    `reuse_blank=True`: a window whose every input value (padding included) equals `pad_value` (air
+    below the HU window: pure air outside the body, or beyond the scan) is a blank window. All blank
+    windows get the same input, so for a model with no absolute position (SwinUNETR: convolutions
+    and relative position bias only) they get the same output: it is computed once, from one window
+    of `pad_value`, and blended at every blank window's place. Exact, not an approximation: the
+    result equals running every window (tests check it). stats then also hold blank (windows served
+    by the one blank run) and blank_runs (0 or 1); run counts the windows run on their own.
     """
     t_start = time.perf_counter()
     if not isinstance(volume, np.ndarray) or volume.ndim != 4 or volume.size == 0:
@@ -328,6 +337,10 @@ def sliding_window(
             batch[i].fill(pad_value)
         batch[(i, slice(None), *dst)] = volume[(slice(None), *src)]
 
+    def is_blank(v0: Start) -> bool:  # padding is pad_value: only the part inside the volume needs a look
+        part = volume[(slice(None), *(slice(max(v, 0), max(min(v + w, n), 0)) for v, w, n in zip(v0, window, shape)))]
+        return part.size == 0 or not np.any(part != pad_value)
+
     plan_align = align if align is not None else 1
     outputs: list[_Output] | None = None
     weights: dict[int, np.ndarray] = {}
@@ -339,8 +352,13 @@ def sliding_window(
         starts = plan_windows(shape, window, overlap, align=plan_align)
         on_volume = [tuple(p - lo for p, (lo, _) in zip(s, pads)) for s in starts]
         to_run = [v for v in on_volume if not skip(v)] if skip is not None else on_volume
-        # all skipped: one probe window, only to learn the output shapes
-        run_list = to_run if to_run or outputs is not None else on_volume[:1]
+        blanks: list[Start] = []
+        if reuse_blank:
+            blank_set = {v for v in to_run if is_blank(v)}
+            blanks = [v for v in to_run if v in blank_set]
+            to_run = [v for v in to_run if v not in blank_set]
+        # all skipped (or blank): one probe window, only to learn the output shapes
+        run_list = to_run if to_run or outputs is not None else (blanks or on_volume)[:1]
         done = 0
         if carried:  # the carried windows that the aligned plan also runs are blended, not run again
             wanted = set(to_run)
@@ -350,7 +368,7 @@ def sliding_window(
                 _accumulate(reuse, carried_outs, outputs, weights, imps, window)  # type: ignore[arg-type]
                 done = len(reuse)
                 if progress is not None:
-                    progress(done, len(to_run))
+                    progress(done, len(to_run) + bool(blanks))
                 reused = {v for _, v in reuse}
                 run_list = [v for v in run_list if v not in reused]
             carried, carried_outs = [], ()
@@ -373,7 +391,7 @@ def sliding_window(
                 weights = {s: np.zeros(out_shapes[s], np.float32) for s in out_shapes}
                 imps = {s: _importance(window, float(sigma_scale), 1e-3, s) for s in out_shapes}
                 st["scales"] = scales
-                if align is None and need > 1 and to_run and not _aligned(starts, pads, need):
+                if align is None and need > 1 and (to_run or blanks) and not _aligned(starts, pads, need):
                     plan_align, replan = need, True
                     carried, carried_outs = items, outs
                     break
@@ -388,14 +406,21 @@ def sliding_window(
             _accumulate(items, outs, outputs, weights, imps, window)
             done += len(group)
             if progress is not None:
-                progress(done, len(to_run))
+                progress(done, len(to_run) + bool(blanks))
             del outs
         if not replan:
             break
 
     assert outputs is not None
-    st.update(windows=len(starts), run=len(to_run), skipped=len(starts) - len(to_run), align=plan_align,
-              pad=[list(p) for p in pads])
+    if blanks:  # one window of pad_value stands for every blank window
+        batch[0].fill(pad_value)
+        outs = call(1)
+        _accumulate([(0, v) for v in blanks], outs, outputs, weights, imps, window)
+        del outs
+        if progress is not None:
+            progress(len(to_run) + 1, len(to_run) + 1)
+    st.update(windows=len(starts), run=len(to_run), skipped=len(starts) - len(to_run) - len(blanks),
+              blank=len(blanks), blank_runs=int(bool(blanks)), align=plan_align, pad=[list(p) for p in pads])
     for w in weights.values():
         np.maximum(w, np.finfo(np.float32).tiny, out=w)  # uncovered voxels: 0 / tiny = 0
     results = []

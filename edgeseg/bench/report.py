@@ -38,7 +38,7 @@ def windows_table(result: dict) -> tuple[list[str], list[list[str]]]:
     """One row per configuration and batch that ran; one per configuration skipped (its batches together)."""
     base = result.get("baseline", "baseline")
     headers = ["config", "batch", "ran", "ms/window", "p90", "p99", "windows/s", "TFLOP/s", "load s",
-               "RSS GiB", "GPU GiB", "rel L2", "flips", f"vs {base}", "note"]
+               "RSS GiB", "GPU GiB", "rel L2", "flips", f"vs {base}", "floor ms", "of floor", "note"]
     rows: list[list[str]] = []
     not_run: dict[tuple[str, str, str], list[str]] = {}  # (config, status, reason) -> its table row
     for r in result["rows"]:
@@ -47,7 +47,7 @@ def windows_table(result: dict) -> tuple[list[str], list[list[str]]]:
             if key in not_run:
                 not_run[key][1] += f",{r['batch']}"
             else:
-                not_run[key] = [r["config"], str(r["batch"]), r["status"]] + [""] * 11 + [r.get("reason") or ""]
+                not_run[key] = [r["config"], str(r["batch"]), r["status"]] + [""] * 13 + [r.get("reason") or ""]
                 rows.append(not_run[key])
             continue
         lat, par, vs = r.get("latency_ms") or {}, r.get("parity") or {}, r.get("vs_baseline") or {}
@@ -62,7 +62,9 @@ def windows_table(result: dict) -> tuple[list[str], list[list[str]]]:
             _num(lat.get("median"), ".1f"), _num(lat.get("p90"), ".1f"), _num(lat.get("p99"), ".1f"),
             _num(r.get("windows_per_s"), ".3f"), _num(r.get("tflops"), ".3f"), _num(load, ".2f"),
             _num(r.get("peak_rss_gib"), ".2f"), _num(r.get("peak_gpu_gib"), ".2f"),
-            _sci(par.get("rel_l2")), _pct(par.get("mask_flip")), ratios, "; ".join(notes),
+            _sci(par.get("rel_l2")), _pct(par.get("mask_flip")), ratios,
+            _num(None if not r.get("floor") else 1000 * r["floor"]["floor_s"], ".0f"),
+            "" if r.get("fraction_of_floor") is None else f"{100 * r['fraction_of_floor']:.0f}%", "; ".join(notes),
         ])
     return headers, rows
 
@@ -77,11 +79,23 @@ def windows_title(result: dict) -> list[str]:
              f"machine {result['machine']}: {host.get('cpu')}, {host.get('cores')} cores, {host.get('memory_gib')} GiB, "
              f"{gpu}; threads {s.get('threads') or 'default'}; warmup {s['warmup']}, runs {s['runs']}",
              f"input: {s['input']}; parity against {result['reference'].get('config') or 'nothing (no reference ran)'}",
+             *_peaks_line(result),
              "ms/window (median, p90, p99): batch latency / batch; load s: opening the artifact (manifest and file "
              "hashes checked, graph or engine loaded; torch: the module rebuilt from its checkpoint); RSS / GPU: the "
              f"worker process's peaks; flips: mask flips; vs {result.get('baseline')}: speed-up / peak-RSS ratio to it "
              "at the same batch"]
     return lines
+
+
+def _peaks_line(result: dict) -> list[str]:
+    peaks = result.get("peaks") or {}
+    if not peaks:
+        return []
+    parts = [f"{dev}: " + ", ".join(f"{k} {v:g} TFLOP/s" for k, v in (p.get("tflops") or {}).items())
+             + f", copy {p.get('bandwidth_gbs')} GB/s" for dev, p in peaks.items()]
+    return ["measured peaks (torch matmul, tensor copy; same threads): " + "; ".join(parts)
+            + ". floor ms: the larger of FLOPs / peak and bytes (weights, input, outputs) / bandwidth; "
+              "of floor: floor / measured median"]
 
 
 # --- scan -----------------------------------------------------------------------------------------

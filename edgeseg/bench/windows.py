@@ -137,8 +137,12 @@ def count_flops(folder: Path, manifest: dict) -> tuple[dict | None, list[str]]:
 def bench_windows(folder: str | Path, kind: str = "trunk", *, backends: str | Sequence[str] | None = "all",
                   batches: Sequence[int] = (1, 4), warmup: int = 3, runs: int = 10, threads: int | None = None,
                   workdir: str | Path | None = None, timeout: float | None = None, log: Log = lambda m: None,
-                  statuses: dict | None = None, baseline: str | None = None) -> dict:
+                  statuses: dict | None = None, baseline: str | None = None, peaks: bool = True) -> dict:
     """Run the benchmark on the trunk or engine in `folder`; returns the result (schema `SCHEMA`).
+
+    peaks: also measure this machine's matmul and bandwidth peaks (`edgeseg.bench.peak`, in a worker of
+    its own per device, before any row) and give every row its physical floor and the fraction of it
+    reached.
 
     baseline: the configuration ratios are taken to (default: PyTorch fp32 eager on the CPU for a trunk,
     ONNX Runtime CPU fp32 for an engine; e.g. torch-cuda-fp32 on a GPU machine).
@@ -177,6 +181,18 @@ def bench_windows(folder: str | Path, kind: str = "trunk", *, backends: str | Se
                     "input": str(work / "input.npy"), "threads": threads, "cache_dir": str(work / "trt-cache")}
 
         rows = {(p.config.name, p.batch): empty_row(p) for p in rows_plan}
+        measured_peaks: dict[str, dict] = {}
+        if peaks:
+            devices = sorted({"cuda" if p.config.device != "cpu" else "cpu" for p in rows_plan if not p.skip})
+            for dev in devices:
+                res = run_job({"type": "peak", "device": dev, "threads": threads}, work / "jobs", f"peak-{dev}",
+                              gpu=dev != "cpu", timeout=timeout)
+                if res.get("status") == "ok":
+                    measured_peaks[dev] = res["peaks"]
+                    log(f"measured peaks on {dev}: {res['peaks']['tflops']} TFLOP/s, "
+                        f"{res['peaks']['bandwidth_gbs']} GB/s")
+                else:
+                    notes.append(f"peaks on {dev} not measured: {res.get('reason')}")
 
         def execute(config: BenchConfig, batch: int, **extra) -> dict:
             job = dict(base_job, config=config.to_dict(), batch=batch, **extra)
@@ -239,9 +255,45 @@ def bench_windows(folder: str | Path, kind: str = "trunk", *, backends: str | Se
             shutil.rmtree(work, ignore_errors=True)
 
     ordered = [rows[(p.config.name, p.batch)] for p in rows_plan]
-    return build_result(kind, summary, flops, ordered, statuses=statuses, configs=configs, batches=batches,
-                        warmup=warmup, runs=runs, threads=threads, timeout=timeout, input_desc=input_desc,
-                        reference=reference, notes=notes, baseline=baseline)
+    if measured_peaks:
+        add_floors(ordered, flops, graph_io_bytes(folder, manifest), measured_peaks)
+    result = build_result(kind, summary, flops, ordered, statuses=statuses, configs=configs, batches=batches,
+                          warmup=warmup, runs=runs, threads=threads, timeout=timeout, input_desc=input_desc,
+                          reference=reference, notes=notes, baseline=baseline)
+    result["peaks"] = measured_peaks or None
+    return result
+
+
+def graph_io_bytes(folder: Path, manifest: dict) -> dict | None:
+    """Lower-bound bytes per window (weights, input, outputs) of the folder's fp32 graph, or None."""
+    from edgeseg.bench.peak import graph_bytes
+
+    graphs = manifest.get("graphs") or {}
+    if "fp32" not in graphs:
+        return None
+    try:
+        return graph_bytes(folder / graphs["fp32"]["file"])
+    except Exception:  # an unreadable graph: no memory floor, the compute floor still stands
+        return None
+
+
+def add_floors(rows: list[dict], flops: dict | None, nbytes: dict | None, peaks: dict[str, dict]) -> None:
+    """Each ok row's physical floor per window (`edgeseg.bench.peak.floor`) and the fraction of it reached.
+
+    Weights count at 2 bytes where the products run in fp16/bf16 (the backend converts them once)."""
+    from edgeseg.bench.peak import COMPUTE_PRECISION, floor, fraction_of_floor
+
+    for r in rows:
+        if r["status"] != "ok" or not r.get("latency_ms"):
+            continue
+        dev = "cpu" if r["device"] == "cpu" else "cuda"
+        compute = COMPUTE_PRECISION.get(r["device"], COMPUTE_PRECISION["cpu"]).get(r["precision"], "fp32")
+        b = None
+        if nbytes:
+            b = nbytes["io_per_window"] + nbytes["weights"] * (0.5 if compute in ("fp16", "bf16") else 1.0) / r["batch"]
+        f = floor(flops["per_window"] if flops else None, b, peaks.get(dev), r["device"], r["precision"])
+        r["floor"] = f
+        r["fraction_of_floor"] = fraction_of_floor(f, r["latency_ms"]["median"] / 1000.0)
 
 
 def build_result(kind: str, artifact: dict, flops: dict | None, rows: list[dict], *, statuses: dict,

@@ -156,7 +156,14 @@ def adapt_job(job: dict) -> dict:
     return {"status": "ok", **row}
 
 
-JOBS = {"window": window_job, "scan": scan_job, "adapt": adapt_job}
+def peak_job(job: dict) -> dict:
+    from edgeseg.bench.peak import measure_peaks
+
+    return {"status": "ok", "peaks": measure_peaks(job.get("device", "cpu"), threads=job.get("threads"),
+                                                   seconds=float(job.get("seconds", 2.0)))}
+
+
+JOBS = {"window": window_job, "scan": scan_job, "adapt": adapt_job, "peak": peak_job}
 
 
 def run(job: dict) -> dict:

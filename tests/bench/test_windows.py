@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 from edgeseg.bench import schema
@@ -70,6 +71,11 @@ def test_cli_bench_trunk_on_ort(trunk5, tmp_path):
         assert rows[name]["status"] == "skipped" and "ExecutionProvider" in rows[name]["reason"]
     assert ok["vs_baseline"] is None and any("baseline torch-cpu-fp32 did not run" in n for n in r["notes"])
     assert r["flops"]["counted_from"] == "trunk.fp32.onnx" and r["flops"]["per_window"] > 1e9
+    # the physical floor, from this machine's measured peaks (a worker of its own)
+    assert r["peaks"]["cpu"]["tflops"]["fp32"] > 0 and r["peaks"]["cpu"]["bandwidth_gbs"] > 0
+    assert ok["floor"]["compute_precision"] == "fp32" and ok["floor"]["floor_s"] > 0
+    assert ok["fraction_of_floor"] == pytest.approx(ok["floor"]["floor_s"] / (ok["latency_ms"]["median"] / 1000), rel=1e-2)
+    assert "measured peaks" in (out / "bench_trunk_fs12_decoder1.md").read_text()
 
 
 def test_cli_bench_bad_batch_is_exit_code_2(trunk5):
@@ -97,7 +103,7 @@ def test_a_failing_reference_hands_over_to_the_next(trunk5, tmp_path, monkeypatc
     usable = {n: BackendStatus(n, n in ("torch-cpu", "ort-cpu"), "detail", "" if n in ("torch-cpu", "ort-cpu") else "hint")
               for n in PROBES}
     result = bench_windows(trunk5, "trunk", backends="ort-cpu-fp32", batches=[1], warmup=0, runs=1, threads=1,
-                           workdir=tmp_path / "w", statuses=usable)
+                           workdir=tmp_path / "w", statuses=usable, peaks=False)
     assert [j["config"]["name"] for j in jobs] == ["torch-cpu-fp32", "ort-cpu-fp32"]
     assert all("save_output" in j for j in jobs)  # both tried as the reference
     assert result["reference"]["config"] == "ort-cpu-fp32"

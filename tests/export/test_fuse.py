@@ -105,6 +105,22 @@ def test_open_engine_gives_probabilities_per_organ(engine):
         assert eng.reason and eng.graph_precision == "fp32"
 
 
+def test_pure_air_windows_run_once_and_change_no_probability(engine):
+    """The fused SwinUNETR on ORT: windows of pure air get one shared run, and the result is the full run's."""
+    from edgeseg.runtime.engine import open_engine
+
+    out, _ = engine
+    volume = np.zeros((1, 140, 64, 80), np.float32)  # air at the HU window's floor...
+    volume[:, :40] = np.random.default_rng(1).random((1, 40, 64, 80), dtype=np.float32)  # ...below a body
+    with open_engine(out, backend="ort", threads=2) as eng:
+        every, reused = {}, {}
+        ref = eng.probabilities(volume, stats=every, reuse_blank=False)
+        got = eng.probabilities(volume, stats=reused)  # the default
+    assert every["blank"] == 0 and reused["blank"] == 4 and reused["run"] + reused["blank"] == every["run"] == 6
+    assert float(np.max(np.abs(got - ref))) < 1e-5
+    assert np.array_equal(got >= 0.5, ref >= 0.5)
+
+
 def test_fuse_refuses_an_adapter_of_another_trunk(trunk5, adapters, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(adapters["liver"], other)

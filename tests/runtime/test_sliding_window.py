@@ -243,6 +243,56 @@ def test_skip_below_skips_air_only():
     np.testing.assert_allclose(out, 2 * volume, atol=1e-6)  # the body is fully covered by run windows
 
 
+def context_dependent(x):
+    """Depends on the whole window (a shift-invariant model's stand-in): its value on a blank window is not 0."""
+    return x.cumsum(axis=2) / 10 + x.mean(axis=(2, 3, 4), keepdims=True) + 0.25, pool2(x) + 0.5
+
+
+def body_in_air(shape=(1, 70, 60, 52)) -> np.ndarray:
+    volume = np.zeros(shape, np.float32)  # air at the HU window's floor
+    volume[:, 20:45, 15:40, 10:30] = rand((1, 25, 25, 20), seed=5) + 0.1  # a body, never at the floor
+    return volume
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_blank_windows_reuse_one_run_and_change_nothing(batch_size):
+    volume = body_in_air()
+    ref_stats, stats = {}, {}
+    ref = sliding_window(volume, W16, context_dependent, overlap=0.25, batch_size=batch_size, stats=ref_stats)
+    predict = Recorder(context_dependent)
+    got = sliding_window(volume, W16, predict, overlap=0.25, batch_size=batch_size, reuse_blank=True, stats=stats)
+    for r, g in zip(ref, got):  # the same blend as running every window
+        np.testing.assert_allclose(g, r, atol=1e-6, rtol=0)
+    assert stats["blank"] > 0 and stats["blank_runs"] == 1
+    assert stats["run"] + stats["blank"] == stats["windows"] == ref_stats["run"]
+    assert sum(predict.sizes) == stats["run"] + 1  # each non-blank window once, plus the one blank window
+
+
+def test_blank_means_equal_to_the_pad_value_and_padding_counts_as_blank():
+    volume = np.full((1, 40, 40, 10), 0.3, np.float32)  # W shorter than the window: padded with pad_value
+    stats = {}
+    sliding_window(volume, W16, double, reuse_blank=True, pad_value=0.3, stats=stats)
+    assert stats["blank"] == stats["windows"] and stats["run"] == 0  # everything, padding included, is 0.3
+    volume[0, 5, 5, 5] = 0.3001  # one voxel off the floor makes its windows real
+    stats = {}
+    out, = sliding_window(volume, W16, double, reuse_blank=True, pad_value=0.3, stats=stats)
+    assert 0 < stats["run"] < stats["windows"]
+    np.testing.assert_allclose(out, 2 * volume, atol=1e-6)
+
+
+def test_blank_reuse_off_by_default():
+    stats = {}
+    sliding_window(body_in_air(), W16, double, stats=stats)
+    assert stats["blank"] == 0 and stats["blank_runs"] == 0 and stats["run"] == stats["windows"]
+
+
+def test_progress_with_blank_windows_ends_at_its_total():
+    calls, stats = [], {}
+    sliding_window(body_in_air(), W16, double, reuse_blank=True, progress=lambda d, t: calls.append((d, t)),
+                   stats=stats)
+    assert calls[-1] == (stats["run"] + 1, stats["run"] + 1) and {t for _, t in calls} == {stats["run"] + 1}
+
+
 def test_progress_counts_up_to_the_total():
     calls = []
     stats = {}
