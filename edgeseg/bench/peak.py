@@ -13,6 +13,7 @@ cache). The larger of the two is the floor; measured / floor says how far a back
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -57,13 +58,12 @@ def measure_peaks(device: str = "cpu", *, threads: int | None = None, seconds: f
             continue  # no x86 fp16 matrix units here: the backends compute fp16 graphs in fp32
         a = torch.randn(n, n, device=dev).to(dtypes[name])
         b = torch.randn(n, n, device=dev).to(dtypes[name])
-        rate = _best_rate(lambda: torch.matmul(a, b), 2.0 * n**3, seconds=seconds, sync=sync)
+        rate = _best_rate(functools.partial(torch.matmul, a, b), 2.0 * n**3, seconds=seconds, sync=sync)
         out["tflops"][name] = round(rate / 1e12, 4)
-        del a, b
     size = (1 << 30) if dev.type == "cuda" else (256 << 20)  # bytes per buffer: far beyond any cache
     src = torch.ones(size // 4, dtype=torch.float32, device=dev)
     dst = torch.empty_like(src)
-    rate = _best_rate(lambda: dst.copy_(src), 2.0 * size, seconds=seconds, sync=sync)
+    rate = _best_rate(functools.partial(dst.copy_, src), 2.0 * size, seconds=seconds, sync=sync)
     out["bandwidth_gbs"] = round(rate / 1e9, 2)
     return out
 
