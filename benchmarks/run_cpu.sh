@@ -8,14 +8,18 @@
 # Steps (in this order): export backends trunk trunk-pre engine scan adapt predict
 #   export     benchmarks/export_full_size.py      -> export_full_size.json
 #   backends   benchmarks/cpu_backends.py          -> cpu_backends.json
-#   trunk      edgeseg bench trunk (fs48, decoder1, batch 1,4) -> bench_trunk_fs48_decoder1.{json,md,png}
-#   trunk-pre  edgeseg bench trunk (fs48, pre-decoder1, batch 1) -> bench_trunk_fs48_pre-decoder1.*
-#   engine     edgeseg bench engine (fs48 trunk + linear probe, batch 1) -> bench_engine_fs48_decoder1.*
-#   scan       edgeseg bench scan (real CT + phantoms at 3, 2, 1.5 and 0.78x0.78x1.5 mm) -> bench_scan_fs48.*
+#   trunk      edgeseg bench trunk (fs48, decoder1, batch $BATCH) -> bench_trunk_fs48_decoder1.{json,md,png}
+#   trunk-pre  edgeseg bench trunk (fs48, pre-decoder1, batch $BATCH) -> bench_trunk_fs48_pre-decoder1.*
+#   engine     edgeseg bench engine (fs48 trunk + linear probe, batch $BATCH) -> bench_engine_fs48_decoder1.*
+#   scan       edgeseg bench scan, OpenVINO bf16 (the fastest CPU backend here): real CT + phantoms at 3, 2, 1.5
+#              and 0.78x0.78x1.5 mm (the typical 512 x 512 x 300 abdomen) -> bench_scan_fs48.*; then, side by
+#              side, the real CT and the abdomen with every window run (no pure-air reuse) -> *_every-window.*,
+#              and on ONNX Runtime fp32 (the engine baseline) -> bench_scan_fs48_ort-fp32.*
 #   adapt      edgeseg bench adapt (K = 1, 5, 10)  -> adapt_memory.{json,md,png}
 #   predict    benchmarks/predict_scan.py          -> predict_scan.json
 # Environment: PYTHON (.venv/bin/python), THREADS (all cores), WORK (/tmp/edgeseg-bench-cpu: the seeded
-# random-weight fs48 checkpoint, trunks and engine are made there once and reused), RUNS (5), WARMUP (1).
+# random-weight fs48 checkpoint, trunks and engine are made there once and reused), RUNS (5), WARMUP (1),
+# BATCH (1: on 2 cores a batch of windows adds no parallelism; 1,4 on bigger machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py="${PYTHON:-.venv/bin/python}"
@@ -23,6 +27,7 @@ threads="${THREADS:-$(nproc)}"
 work="${WORK:-/tmp/edgeseg-bench-cpu}"
 runs="${RUNS:-5}"
 warmup="${WARMUP:-1}"
+batch="${BATCH:-1}"
 steps=" ${STEPS:-export backends trunk trunk-pre engine scan adapt predict} "
 machine="$("$py" -m edgeseg.bench.machine --cpu)"
 res="benchmarks/results/$machine"
@@ -46,12 +51,12 @@ if want backends; then
 fi
 if want trunk; then
   log trunk; trunk48 decoder1
-  "$py" -m edgeseg bench trunk "$work/trunk-fs48-decoder1" --batch 1,4 --warmup "$warmup" --runs "$runs" \
+  "$py" -m edgeseg bench trunk "$work/trunk-fs48-decoder1" --batch "$batch" --warmup "$warmup" --runs "$runs" \
     --threads "$threads" --out "$res"
 fi
 if want trunk-pre; then
   log trunk-pre; trunk48 pre-decoder1
-  "$py" -m edgeseg bench trunk "$work/trunk-fs48-pre-decoder1" --batch 1 --warmup "$warmup" --runs "$runs" \
+  "$py" -m edgeseg bench trunk "$work/trunk-fs48-pre-decoder1" --batch "$batch" --warmup "$warmup" --runs "$runs" \
     --threads "$threads" --out "$res"
 fi
 if want engine || want scan; then
@@ -60,13 +65,18 @@ if want engine || want scan; then
 fi
 if want engine; then
   log engine
-  "$py" -m edgeseg bench engine "$work/engine-fs48" --batch 1 --warmup "$warmup" --runs "$runs" --threads "$threads" \
+  "$py" -m edgeseg bench engine "$work/engine-fs48" --batch "$batch" --warmup "$warmup" --runs "$runs" --threads "$threads" \
     --out "$res"
 fi
 if want scan; then
   log scan  # the fastest CPU backend measured here; phantoms are generated once under $work/scan
-  "$py" -m edgeseg bench scan "$work/engine-fs48" --backend openvino --threads "$threads" --workdir "$work/scan" \
-    --out "$res"
+  "$py" -m edgeseg bench scan "$work/engine-fs48" --backend openvino --precision bf16 --threads "$threads" \
+    --workdir "$work/scan" --out "$res"
+  abdomen=(--phantom-spacing 0.78,0.78,1.5)  # the real CT and the typical abdomen only
+  "$py" -m edgeseg bench scan "$work/engine-fs48" --backend openvino --precision bf16 --threads "$threads" \
+    --workdir "$work/scan" "${abdomen[@]}" --run-every-window --out "$res" --name bench_scan_fs48_every-window
+  "$py" -m edgeseg bench scan "$work/engine-fs48" --backend ort --precision fp32 --threads "$threads" \
+    --workdir "$work/scan" "${abdomen[@]}" --out "$res" --name bench_scan_fs48_ort-fp32
 fi
 if want adapt; then
   log adapt

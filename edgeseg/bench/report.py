@@ -109,7 +109,10 @@ def scan_table(result: dict) -> tuple[list[str], list[list[str]]]:
             rows.append([r["scan"]] + [""] * (len(headers) - 2) + [f"{r['status']}: {r.get('reason')}"])
             continue
         sec = r.get("seconds") or {}
-        win = (r.get("windows") or {}).get("run")
+        w = r.get("windows") or {}
+        win = w.get("run")
+        if win is not None and w.get("blank"):
+            win = f"{win} + {w['blank']} air"  # run on their own + served by the one blank run
         ran = r.get("ran") or {}
         rows.append([r["scan"], "x".join(map(str, r["shape"])), f"{r['voxels'] / 1e6:.1f}",
                      "x".join(map(str, r["model_grid"])), "" if win is None else str(win),

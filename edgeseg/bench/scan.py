@@ -80,7 +80,8 @@ def measure_scan(job: dict) -> dict:
     open_s = time.perf_counter() - t0
     try:
         load_s = engine.backend.describe().load_seconds
-        opts = PredictOptions(overlap=float(job.get("overlap", 0.25)), sw_batch=int(job.get("sw_batch", 1)), force=True)
+        opts = PredictOptions(overlap=float(job.get("overlap", 0.25)), sw_batch=int(job.get("sw_batch", 1)), force=True,
+                              reuse_blank=bool(job.get("reuse_blank", True)))
         report = predict_scan(engine, Path(job["scan"]), Path(job["out"]), opts, case=job["name"])
     finally:
         engine.close()
@@ -107,7 +108,7 @@ def scaling(rows: Sequence[dict]) -> dict | None:
 def bench_scan(engine: str | Path, scans: Sequence[str | Path] = (), *, real_ct: bool = True,
                spacings: Sequence[Sequence[float]] = DEFAULT_SPACINGS, z_range: Sequence[float] = DEFAULT_Z_RANGE,
                seed: int = 0, backend: str = "auto", precision: str | None = None, threads: int | None = None,
-               overlap: float = 0.25, sw_batch: int = 1, workdir: str | Path | None = None,
+               overlap: float = 0.25, sw_batch: int = 1, reuse_blank: bool = True, workdir: str | Path | None = None,
                timeout: float | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
     """Segment every scan in its own process; the result (schema `SCHEMA`) with one row per scan."""
     from edgeseg.assets import EXAMPLE_CT
@@ -144,7 +145,7 @@ def bench_scan(engine: str | Path, scans: Sequence[str | Path] = (), *, real_ct:
         for name, source, path, spacing in todo:
             job = {"type": "scan", "engine": str(engine.resolve()), "scan": str(Path(path).resolve()), "name": name,
                    "backend": backend, "precision": precision, "threads": threads, "overlap": overlap,
-                   "sw_batch": sw_batch, "out": str(work / "pred" / name)}
+                   "sw_batch": sw_batch, "reuse_blank": reuse_blank, "out": str(work / "pred" / name)}
             result = run_job(job, work / "jobs", f"scan-{name}", gpu=has_gpu, timeout=timeout)
             row = {"scan": name, "source": source, "path": str(path), "phantom_spacing_mm": spacing,
                    "status": result.get("status", "error"), "reason": result.get("reason")}
@@ -161,7 +162,7 @@ def bench_scan(engine: str | Path, scans: Sequence[str | Path] = (), *, real_ct:
                        "window": manifest.get("window"),
                        "feature_size": (manifest.get("model_spec") or {}).get("feature_size")},
             "settings": {"backend": backend, "precision": precision, "threads": threads, "overlap": overlap,
-                         "sw_batch": sw_batch, "z_range_mm": list(z_range), "seed": seed, "timeout_s": timeout},
+                         "sw_batch": sw_batch, "reuse_blank": reuse_blank, "z_range_mm": list(z_range), "seed": seed, "timeout_s": timeout},
             "stages": list(STAGES), "rows": rows, "scaling": scaling(rows)}
 
 
@@ -169,5 +170,7 @@ def _line(row: dict) -> str:
     if row["status"] != "ok":
         return f"{row['scan']}: {row['status']}: {row['reason']}"
     stages = ", ".join(f"{k} {v:.2f}" for k, v in row["seconds"].items())
-    return (f"{row['scan']}: {row['voxels'] / 1e6:.1f} Mvoxels, {row['total_seconds']:.2f} s ({stages}), "
-            f"peak RSS {row['peak_rss_gib']} GiB")
+    w = row.get("windows") or {}
+    blank = f" + {w['blank']} of pure air (one run)" if w.get("blank") else ""
+    return (f"{row['scan']}: {row['voxels'] / 1e6:.1f} Mvoxels, {w.get('run')} windows{blank}, "
+            f"{row['total_seconds']:.2f} s ({stages}), peak RSS {row['peak_rss_gib']} GiB")

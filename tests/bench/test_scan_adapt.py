@@ -44,6 +44,8 @@ def test_scaling_fit_and_scan_schema():
     assert schema.problems(result) == []
     md = report.to_markdown(result)
     assert "| p2 | 10x10x10 | 10.0 |" in md and "0.500 s per Mvoxel" in md and "error: the worker was killed" in md
+    rows[1]["windows"] = {"run": 40, "blank": 24}  # pure-air windows are said, beside the windows run
+    assert "| 40 + 24 air |" in report.to_markdown(result)
     del rows[0]["total_seconds"]
     assert any("total_seconds" in p for p in schema.problems(result))
 
