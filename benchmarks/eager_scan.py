@@ -1,0 +1,165 @@
+"""Whole scans, side by side: PyTorch eager + MONAI's sliding window (the baseline a MONAI user runs)
+against the fused engine on a fast backend, with the mask flips between them.
+
+    .venv/bin/python benchmarks/eager_scan.py --engine /tmp/edgeseg-bench-cpu/engine-fs48 \
+        --scan /tmp/edgeseg-bench-cpu/scan/phantoms/phantom-0.78x0.78x1.5mm/ct.nii.gz
+
+The engine must be a fused trunk + linear probe whose trunk manifest names its checkpoint (the
+`benchmarks/run_cpu.sh` engine is). Both paths read and preprocess with edgeseg's own code (the same
+model grid), then:
+- eager: the trunk rebuilt from the checkpoint + the adapter (torch, fp32, inference mode), sigmoid,
+  through `monai.inferers.sliding_window_inference` (overlap 0.25, Gaussian, sw_batch 1);
+- engine: `Engine.probabilities` on the chosen backend and precision (pure-air windows reused).
+Each (path, scan) runs in its own process, so each peak RSS is its own. Flips: voxels where the
+masks (probability >= 0.5) differ, over the model grid. Writes benchmarks/results/<machine>/eager_scan.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _prepare(path: Path, spec):
+    from edgeseg.runtime.nifti import load_scan
+    from edgeseg.runtime.preprocess import preprocess_scan
+
+    t0 = time.perf_counter()
+    prepared = preprocess_scan(load_scan(path), spec)
+    return prepared, time.perf_counter() - t0
+
+
+def run_one(mode: str, engine_dir: Path, scan: Path, mask_out: Path, threads: int, backend: str,
+            precision: str) -> dict:
+    from edgeseg.runtime.engine import read_engine_manifest
+    from edgeseg.runtime.host import peak_rss_gib
+    from edgeseg.runtime.preprocess import PreprocessSpec
+
+    manifest = read_engine_manifest(engine_dir)
+    spec = PreprocessSpec.from_dict(manifest["preprocess"])
+    t_load = time.perf_counter()
+    if mode == "eager":
+        import torch
+        from monai.inferers import sliding_window_inference
+        from safetensors.torch import load_file
+
+        from edgeseg.adapters import build_adapter
+        from edgeseg.model.checkpoint import load_checkpoint
+        from edgeseg.model.spec import ModelSpec
+        from edgeseg.model.swinunetr import split
+        from edgeseg.runtime.manifest import read_manifest
+
+        torch.set_num_threads(threads)
+        trunk_manifest = read_manifest(Path(manifest["trunk"]["folder"]), "trunk", verify_files=False)
+        model, _, _ = load_checkpoint(Path(trunk_manifest["checkpoint"]["path"]),
+                                      ModelSpec.from_dict(trunk_manifest["model_spec"]), allow_partial=True)
+        trunk, _ = split(model.eval(), trunk_manifest["cut"])
+        (adapter,) = manifest["adapters"]
+        a_dir = Path(adapter["folder"])
+        a_manifest = read_manifest(a_dir, "adapter", verify_files=False)
+        head = build_adapter(a_manifest["adapter"], feature_size=int(a_manifest["feature_size"]))
+        head.load_state_dict(load_file(str(a_dir / "adapter.safetensors")))
+        trunk.eval(), head.eval()
+
+        def net(x):
+            out = trunk(x)
+            return head(*(out if isinstance(out, (tuple, list)) else (out,)))
+
+        load_s = time.perf_counter() - t_load
+        prepared, prep_s = _prepare(scan, spec)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            logits = sliding_window_inference(torch.from_numpy(prepared.image[None, None]), spec.window, 1,
+                                              net, overlap=0.25, mode="gaussian")
+            prob = torch.sigmoid(logits)[0, 0].numpy()
+        infer_s = time.perf_counter() - t0
+        ran = {"backend": "torch-cpu eager + monai.sliding_window_inference", "precision": "fp32"}
+        windows = None
+    else:
+        from edgeseg.runtime.engine import open_engine
+
+        eng = open_engine(engine_dir, backend=backend, precision=precision, threads=threads)
+        load_s = time.perf_counter() - t_load
+        prepared, prep_s = _prepare(scan, spec)
+        t0 = time.perf_counter()
+        stats: dict = {}
+        prob = eng.probabilities(prepared.image[None], stats=stats)[0]
+        infer_s = time.perf_counter() - t0
+        ran = {"backend": eng.ran["backend"], "precision": eng.ran["precision"]}
+        windows = {k: stats.get(k) for k in ("windows", "run", "blank")}
+        eng.close()
+    np.save(mask_out, prob >= 0.5)
+    return {"mode": mode, "scan": scan.name if scan.name != "ct.nii.gz" else scan.parent.name,
+            "model_grid": list(prob.shape), "ran": ran, "windows": windows, "load_s": round(load_s, 2),
+            "read_preprocess_s": round(prep_s, 2), "inference_s": round(infer_s, 2),
+            "scan_s": round(prep_s + infer_s, 2), "peak_rss_gib": peak_rss_gib()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", type=Path, default=Path("/tmp/edgeseg-bench-cpu/engine-fs48"))
+    ap.add_argument("--scan", type=Path, action="append", default=[], help="repeatable; the real CT always runs")
+    ap.add_argument("--backend", default="openvino")
+    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--one", nargs=3, metavar=("MODE", "SCAN", "MASK"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        mode, scan, mask = args.one
+        print(json.dumps(run_one(mode, args.engine, Path(scan), Path(mask), args.threads, args.backend,
+                                 args.precision)))
+        return 0
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _common import RESULTS, machine_tag
+
+    from edgeseg.assets import EXAMPLE_CT
+    from edgeseg.bench.machine import describe
+    from edgeseg.runtime.manifest import library_versions
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for scan in [EXAMPLE_CT, *args.scan]:
+            pair = {}
+            for mode in ("eager", "engine"):
+                mask = Path(tmp) / f"{mode}-{len(rows)}.npy"
+                cmd = [sys.executable, __file__, "--engine", str(args.engine), "--backend", args.backend,
+                       "--precision", args.precision, "--threads", str(args.threads), "--one", mode, str(scan), str(mask)]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
+                pair[mode] = json.loads(out.stdout.strip().splitlines()[-1])
+                pair[mode]["mask"] = mask
+                print(json.dumps({k: v for k, v in pair[mode].items() if k != "mask"}), flush=True)
+            a, b = np.load(pair["eager"].pop("mask")), np.load(pair["engine"].pop("mask"))
+            row = {"scan": pair["eager"]["scan"], "model_grid": pair["eager"]["model_grid"], "eager": pair["eager"],
+                   "engine": pair["engine"], "mask_flips": round(float(np.mean(a != b)), 6),
+                   "foreground_eager": round(float(a.mean()), 4), "foreground_engine": round(float(b.mean()), 4),
+                   "speedup_scan": round(pair["eager"]["scan_s"] / pair["engine"]["scan_s"], 3),
+                   "peak_rss_ratio": round(pair["engine"]["peak_rss_gib"] / pair["eager"]["peak_rss_gib"], 3)}
+            rows.append(row)
+            print(f"{row['scan']}: eager {row['eager']['scan_s']} s, {row['engine']['ran']['backend']} "
+                  f"{row['engine']['ran']['precision']} {row['engine']['scan_s']} s ({row['speedup_scan']}x), "
+                  f"flips {100 * row['mask_flips']:.3f}%, peak RSS {row['eager']['peak_rss_gib']} vs "
+                  f"{row['engine']['peak_rss_gib']} GiB", flush=True)
+    result = {"benchmark": "eager_scan", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": machine_tag(), "host": describe(), "libraries": library_versions(), "threads": args.threads,
+              "engine": str(args.engine), "weights": "random, torch.manual_seed(0); untrained LP head (timing only)",
+              "scan_s": "read + preprocess + sliding window (load excluded)", "rows": rows}
+    path = RESULTS / machine_tag() / "eager_scan.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
