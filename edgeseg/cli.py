@@ -370,6 +370,9 @@ def predict(
     reuse_blank: bool = typer.Option(
         True, "--reuse-blank/--run-every-window",
         help="Run the graph once for all windows of pure air (exact: they all get the same input)."),
+    prefetch: str = typer.Option(
+        "auto", "--prefetch", help="Read and preprocess the next scan during this one's inference: auto (on when the "
+                                   "engine runs on a GPU; a CPU backend already uses every core), on, off."),
     threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0),
     lcc: bool = typer.Option(False, "--lcc", help="Keep each organ's largest connected component."),
     save_prob: bool = typer.Option(False, "--save-prob", help="Also write <case>_<organ>_prob.nii.gz."),
@@ -392,7 +395,7 @@ def predict(
 
         opts = PredictOptions(overlap=overlap, sw_batch=sw_batch, threshold=threshold, lcc=lcc, save_prob=save_prob,
                               preview=preview, force=force, volume=volume, max_memory_gib=max_memory,
-                              reuse_blank=reuse_blank)
+                              reuse_blank=reuse_blank, prefetch=prefetch)
         con = _console(stderr=as_json)
         with open_engine(engine, backend=backend, precision=precision, threads=threads) as eng:
             con.print(escape(f"engine {engine}: {', '.join(eng.organs)} on {eng.ran['backend']} {eng.ran['precision']} "
@@ -651,6 +654,8 @@ def bench_scan(
     threads: Optional[int] = typer.Option(None, "--threads"),
     overlap: float = typer.Option(0.25, "--overlap", min=0.0, max=0.95),
     sw_batch: int = typer.Option(1, "--sw-batch", min=1),
+    reuse_blank: bool = typer.Option(True, "--reuse-blank/--run-every-window",
+                                     help="One run for all pure-air windows (edgeseg predict's default), or run each."),
     timeout: Optional[float] = BENCH_TIMEOUT_OPT, workdir: Optional[Path] = BENCH_WORKDIR_OPT,
     out: Optional[Path] = BENCH_OUT_OPT, name: Optional[str] = BENCH_NAME_OPT, json_path: Optional[Path] = BENCH_JSON_OPT,
 ) -> None:
@@ -668,7 +673,7 @@ def bench_scan(
         spacings = [parse_spacing(s) for s in phantom_spacing] or list(DEFAULT_SPACINGS)
         return run_scan(engine, scans or [], real_ct=real_ct, spacings=spacings if phantoms else [], z_range=zr,
                         backend=backend, precision=precision, threads=threads, overlap=overlap, sw_batch=sw_batch,
-                        workdir=workdir, timeout=timeout, log=log)
+                        reuse_blank=reuse_blank, workdir=workdir, timeout=timeout, log=log)
 
     _bench_run(json_path, out, name, run)
 

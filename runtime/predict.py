@@ -49,6 +49,9 @@ class PredictOptions:
     volume: int | None = None  # which volume of 4D series to segment (a 4D scan without it is refused)
     max_memory_gib: float | None = None  # memory budget of the whole process; None: what is available now
     reuse_blank: bool = True  # run the graph once for all pure-air windows (exact; see Engine.probabilities)
+    # read and preprocess the next scan while this one infers: "auto" does it when the engine runs on a GPU
+    # (the CPU is idle during inference); on a CPU backend inference already uses every core
+    prefetch: str = "auto"
 
     def __post_init__(self) -> None:
         if self.volume is not None and (isinstance(self.volume, bool) or not isinstance(self.volume, int)
@@ -58,6 +61,8 @@ class PredictOptions:
                                                     and math.isfinite(self.max_memory_gib) and self.max_memory_gib > 0):
             raise InputError(f"--max-memory {self.max_memory_gib!r} must be a positive number of GiB",
                              fix="e.g. --max-memory 8")
+        if self.prefetch not in ("auto", "on", "off"):
+            raise InputError(f"--prefetch {self.prefetch!r} must be auto, on or off", fix="e.g. --prefetch auto")
 
 
 def case_name(path: Path) -> str:
@@ -158,13 +163,8 @@ def estimate_memory(input_shape, model_shape, n_organs: int, window, *, sw_batch
     return {**stages, "peak": max(stages.values())}
 
 
-def check_memory(engine, path: Path, opts: PredictOptions) -> dict:
-    """Refuse a scan whose case would not fit the memory budget, before any voxel is read; return the numbers.
-
-    Budget: `opts.max_memory_gib` for the whole process, or (when unset) the memory available now on
-    top of what the process already holds. The process's resident memory now (engine loaded) plus the
-    case's estimated peak must fit.
-    """
+def _case_estimate(engine, path: Path, opts: PredictOptions):
+    """(input shape, grid transform, `estimate_memory` of the case), from the header alone."""
     from edgeseg.runtime.preprocess import plan_grid
 
     shape, affine = scan_geometry(path, volume=opts.volume)
@@ -172,6 +172,41 @@ def check_memory(engine, path: Path, opts: PredictOptions) -> dict:
     itemsize = int(open_nifti(path).get_data_dtype().itemsize)
     est = estimate_memory(shape, t.model_shape, len(engine.organs), engine.preprocess.window,
                           sw_batch=opts.sw_batch, input_itemsize=itemsize, save_prob=opts.save_prob)
+    return shape, t, est
+
+
+def prefetch_fits(engine, current: Path, following: Path, opts: PredictOptions) -> bool:
+    """Whether the next scan, read and preprocessed, fits beside this one's peak in the memory budget."""
+    try:
+        peak = _case_estimate(engine, current, opts)[2]["peak"] + _case_estimate(engine, following, opts)[2]["preprocess"]
+    except Exception:  # a header that cannot be read: no prefetch; the case reports its own error in its turn
+        return False
+    resident = int(current_rss_gib() * GIB)
+    if opts.max_memory_gib is not None:
+        return resident + peak <= opts.max_memory_gib * GIB
+    available = available_memory_bytes()
+    return available is None or peak <= available
+
+
+def load_and_prepare(engine, path: Path, opts: PredictOptions):
+    """Read and preprocess one scan: (scan, prepared, {"read": s, "preprocess": s})."""
+    from edgeseg.runtime.preprocess import preprocess_scan
+
+    t0 = time.perf_counter()
+    scan = load_scan(path, volume=opts.volume)
+    t1 = time.perf_counter()
+    prepared = preprocess_scan(scan, engine.preprocess)
+    return scan, prepared, {"read": t1 - t0, "preprocess": time.perf_counter() - t1}
+
+
+def check_memory(engine, path: Path, opts: PredictOptions) -> dict:
+    """Refuse a scan whose case would not fit the memory budget, before any voxel is read; return the numbers.
+
+    Budget: `opts.max_memory_gib` for the whole process, or (when unset) the memory available now on
+    top of what the process already holds. The process's resident memory now (engine loaded) plus the
+    case's estimated peak must fit.
+    """
+    shape, t, est = _case_estimate(engine, path, opts)
     resident = int(current_rss_gib() * GIB)
     need = resident + est["peak"]
     if opts.max_memory_gib is not None:
@@ -220,8 +255,12 @@ def _clean_up_case(paths: Sequence[Path]) -> None:
             pass
 
 
-def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str | None = None) -> dict:
-    """Segment one scan with an open engine; returns (and writes) its report."""
+def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str | None = None,
+                 prefetched=None) -> dict:
+    """Segment one scan with an open engine; returns (and writes) its report.
+
+    prefetched: (memory check, future of `load_and_prepare`) when `predict_many` read it ahead.
+    """
     case = case or case_names([path])[0]
     report_path, marker = out / f"{case}.json", out / f"{case}.partial"
     mine = marker.exists()
@@ -231,7 +270,8 @@ def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str 
         clash = [n for n in names if (out / n).exists()]
         if clash:
             raise InputError(f"outputs already exist: {', '.join(clash)}", path=out, fix="pass --force to overwrite them")
-    memory = check_memory(engine, path, opts)  # from the header: refused before anything is read or written
+    # from the header: refused before anything is read or written (a prefetched case was checked before its read)
+    memory = prefetched[0] if prefetched is not None else check_memory(engine, path, opts)
     written: list[Path] = []
     with user_facing_os_errors(marker, doing="writing the case marker"):
         out.mkdir(parents=True, exist_ok=True)
@@ -239,7 +279,8 @@ def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str 
     try:
         remove_stale_temporaries([out / n for n in names] + [report_path])  # what a killed run left
         report_path.unlink(missing_ok=True)  # a redone case is not complete until its new report exists
-        report = _run_case(engine, path, out, opts, case, force, written, memory)
+        report = _run_case(engine, path, out, opts, case, force, written, memory,
+                           None if prefetched is None else prefetched[1])
         write_text_atomic(report_path, json.dumps(report, indent=2) + "\n", force=True)
     except BaseException:
         # Ctrl-C, disk full, a bad scan: remove what this attempt wrote (and, when an earlier edgeseg run had
@@ -251,17 +292,16 @@ def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str 
 
 
 def _run_case(engine, path: Path, out: Path, opts: PredictOptions, case: str, force: bool, written: list[Path],
-              memory: dict) -> dict:
-    from edgeseg.runtime.preprocess import mask_to_input_grid, preprocess_scan, to_input_grid
-
-    t: dict[str, float] = {}
-    t0 = time.perf_counter()
-    scan = load_scan(path, volume=opts.volume)
-    t["read"] = time.perf_counter() - t0
+              memory: dict, future=None) -> dict:
+    from edgeseg.runtime.preprocess import mask_to_input_grid, to_input_grid
 
     t0 = time.perf_counter()
-    prepared = preprocess_scan(scan, engine.preprocess)
-    t["preprocess"] = time.perf_counter() - t0
+    if future is not None:  # read ahead while the previous case ran; waiting for it is what it still costs
+        scan, prepared, t = future.result()
+        waited = time.perf_counter() - t0
+    else:
+        scan, prepared, t = load_and_prepare(engine, path, opts)
+        waited = None
 
     t0 = time.perf_counter()
     stats: dict = {}
@@ -307,6 +347,7 @@ def _run_case(engine, path: Path, out: Path, opts: PredictOptions, case: str, fo
         "engine": str(engine.folder), "ran": engine.ran, "organs": list(engine.organs),
         "volume_ml": volumes, "windows": {k: stats.get(k) for k in ("windows", "run", "blank", "skipped", "batches")},
         "seconds": {k: round(v, 3) for k, v in t.items()}, "total_seconds": round(sum(t.values()), 3),
+        "prefetched": future is not None, "prefetch_wait_seconds": None if waited is None else round(waited, 3),
         "peak_rss_gib": peak_rss_gib(), "memory": memory, "options": asdict(opts),
         "outputs": [p.name for p in written],
     }
@@ -327,20 +368,50 @@ def predict_many(engine, inputs: Sequence[str | Path], out: str | Path, opts: Pr
 
 def _predict_all(engine, scans: list[Path], out: Path, opts: PredictOptions,
                  progress: Callable[[int, int], None] | None, log: Callable[[str], None]) -> list[dict]:
-    reports = []
-    for i, (path, case) in enumerate(zip(scans, case_names(scans))):
-        done = out / f"{case}.json"
-        if done.exists() and not opts.force and not (out / f"{case}.partial").exists():
-            log(f"{case}: already segmented ({done.name}); skipped (--force to redo)")
-            reports.append({"case": case, "skipped": True, "report": str(done)})
-        else:
-            r = predict_scan(engine, path, out, opts, case)
-            vols = ", ".join(f"{o} {v:.1f} mL" for o, v in r["volume_ml"].items())
-            w = r["windows"]
-            blank = f" ({w['blank']} more of pure air: one run for all)" if w.get("blank") else ""
-            log(f"{case}: {vols}; {r['total_seconds']:.1f} s ({r['ran']['backend']} {r['ran']['precision']}), "
-                f"{w['run']} windows{blank}")
-            reports.append(r)
-        if progress:
-            progress(i + 1, len(scans))
+    names = case_names(scans)
+    todo = [i for i, case in enumerate(names) if opts.force or not (out / f"{case}.json").exists()
+            or (out / f"{case}.partial").exists()]
+    ahead = _use_prefetch(engine, opts) and len(todo) > 1
+    pool = None
+    if ahead:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeseg-prefetch")
+    reports, pending = [], None  # pending: (index, (memory, future)) of the case read ahead
+    try:
+        for i, (path, case) in enumerate(zip(scans, names)):
+            if i not in todo:
+                log(f"{case}: already segmented ({case}.json); skipped (--force to redo)")
+                reports.append({"case": case, "skipped": True, "report": str(out / f"{case}.json")})
+            else:
+                mine = pending[1] if pending is not None and pending[0] == i else None
+                pending = None
+                nxt = next((j for j in todo if j > i), None)
+                if pool is not None and nxt is not None and prefetch_fits(engine, path, scans[nxt], opts):
+                    try:  # checked now, before its read; a refusal is raised in its own turn instead
+                        memory = check_memory(engine, scans[nxt], opts)
+                    except (InputError, ResourceError):
+                        memory = None
+                    if memory is not None:
+                        pending = (nxt, (memory, pool.submit(load_and_prepare, engine, scans[nxt], opts)))
+                r = predict_scan(engine, path, out, opts, case, prefetched=mine)
+                vols = ", ".join(f"{o} {v:.1f} mL" for o, v in r["volume_ml"].items())
+                w = r["windows"]
+                blank = f" ({w['blank']} more of pure air: one run for all)" if w.get("blank") else ""
+                log(f"{case}: {vols}; {r['total_seconds']:.1f} s ({r['ran']['backend']} {r['ran']['precision']}), "
+                    f"{w['run']} windows{blank}" + (", read ahead" if r.get("prefetched") else ""))
+                reports.append(r)
+            if progress:
+                progress(i + 1, len(scans))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # a read in flight ends before we return or raise
     return reports
+
+
+def _use_prefetch(engine, opts: PredictOptions) -> bool:
+    if opts.prefetch != "auto":
+        return opts.prefetch == "on"
+    ran = getattr(engine, "ran", None) or {}
+    where = f"{ran.get('backend', '')} {ran.get('device', '')}".lower()  # ort-cuda, ort-tensorrt, tensorrt, CUDA ...
+    return "cuda" in where or "tensorrt" in where

@@ -102,3 +102,32 @@ def test_inputs_folders_lists_and_errors(scans, tmp_path):
         collect_inputs([scans[0] / "ct.nii.gz", scans[0] / "ct.nii.gz"])
     with pytest.raises(InputError, match="no .nii"):
         collect_inputs([tmp_path])
+
+
+def test_prefetch_reads_the_next_scan_ahead_and_changes_nothing(scans, tmp_path):
+    inputs = [s / "ct.nii.gz" for s in scans]
+    ahead = predict_many(OracleEngine(scans), inputs, tmp_path / "on", PredictOptions(prefetch="on"))
+    plain = predict_many(OracleEngine(scans), inputs, tmp_path / "off", PredictOptions(prefetch="off"))
+    assert [r["prefetched"] for r in ahead] == [False, True] and not any(r["prefetched"] for r in plain)
+    assert ahead[1]["prefetch_wait_seconds"] >= 0 and ahead[1]["memory"]["estimated_peak_gib"] > 0
+    for r_on, r_off in zip(ahead, plain):
+        assert r_on["volume_ml"] == r_off["volume_ml"]
+        for name in r_on["outputs"]:
+            a = np.asarray(nib.load(str(tmp_path / "on" / name)).dataobj)
+            b = np.asarray(nib.load(str(tmp_path / "off" / name)).dataobj)
+            assert np.array_equal(a, b)
+
+
+def test_prefetch_auto_follows_the_device():
+    from edgeseg.runtime.predict import _use_prefetch
+
+    class E:
+        ran = {"backend": "openvino", "device": "CPU (AMD EPYC, 2 threads)"}
+
+    assert not _use_prefetch(E(), PredictOptions())  # inference already uses every core
+    assert _use_prefetch(E(), PredictOptions(prefetch="on"))
+    for backend, device in (("tensorrt", "NVIDIA H100 80GB HBM3 (compute capability 9.0)"), ("ort-cuda", "x")):
+        E.ran = {"backend": backend, "device": device}
+        assert _use_prefetch(E(), PredictOptions()) and not _use_prefetch(E(), PredictOptions(prefetch="off"))
+    with pytest.raises(InputError, match="--prefetch"):
+        PredictOptions(prefetch="sometimes")
