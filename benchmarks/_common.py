@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import re
+import json
 from pathlib import Path
 
+from edgeseg.bench.machine import cpu_tag as machine_tag  # noqa: F401  (one naming scheme for every result)
 from edgeseg.runtime.host import peak_rss_gib  # noqa: F401  (re-exported for the scripts)
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def machine_tag() -> str:
-    """e.g. 'cpu-amd-epyc-2c': CPU vendor and model, cores (the GPU, when one is used, is named by the caller)."""
-    from edgeseg.runtime.host import cpu_model
-
-    model = cpu_model().lower()
-    model = re.sub(r"\((r|tm)\)|\bcpu\b|\bprocessor\b|@.*$|\d+-core", " ", model)
-    slug = re.sub(r"[^a-z0-9]+", "-", model).strip("-")
-    slug = "-".join(slug.split("-")[:4]) or "unknown"
-    return f"cpu-{slug}-{os.cpu_count()}c"
-
+def write_result(name: str, result: dict, *, machine: str | None = None, indent: int = 2) -> Path:
+    """Write `result` as benchmarks/results/<machine>/<name>.json (machine: this CPU's tag by default)."""
+    dest = RESULTS / (machine or machine_tag()) / f"{name}.json"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(result, indent=indent) + "\n")
+    return dest

@@ -18,12 +18,11 @@ Writes benchmarks/results/<machine>/adapt_memory.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS  # noqa: E402
+from _common import write_result  # noqa: E402
 
 from edgeseg.bench.adapt import ADAPTERS, MODES, REGION, run_adapt_bench  # noqa: E402
 
@@ -48,9 +47,7 @@ def main() -> int:
                           region=args.region, workdir=args.workdir, log=print)
     name = "adapt_memory" + ("" if args.feature_size == 48 else f"_fs{args.feature_size}") \
         + ("" if args.device == "cpu" else f"_{args.device}")
-    dest = RESULTS / out["machine"] / f"{name}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(out, indent=2) + "\n")
+    dest = write_result(name, out, machine=out["machine"])
     print(f"\n{'mode':<16}{'adapter':<15}{'K':>3}{'params':>12}{'s/step':>9}{'RSS GiB':>9}")
     for r in out["rows"]:
         if "error" in r:

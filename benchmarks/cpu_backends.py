@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine_tag, peak_rss_gib  # noqa: E402
+from _common import machine_tag, peak_rss_gib, write_result  # noqa: E402
 
 # name -> (backend, graph precision file, requested precision, options)
 CONFIGS = {
@@ -157,9 +157,7 @@ def main() -> int:
                    "parity": {p: g["parity"] for p, g in manifest["graphs"].items()}},
         "backends": rows,
     }
-    dest = RESULTS / machine_tag() / f"cpu_backends{'' if args.feature_size == 48 else f'_fs{args.feature_size}'}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(out, indent=2) + "\n")
+    dest = write_result(f"cpu_backends{'' if args.feature_size == 48 else f'_fs{args.feature_size}'}", out)
     print(f"\n{'config':<20}{'ran':<28}{'s/window':>10}{'vs torch':>10}{'rel L2':>10}{'flips %':>9}{'RSS GiB':>9}")
     for name, row in rows.items():
         if "error" in row:

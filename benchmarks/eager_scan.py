@@ -121,7 +121,7 @@ def main() -> int:
         return 0
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import RESULTS, machine_tag
+    from _common import machine_tag, write_result
 
     from edgeseg.assets import EXAMPLE_CT
     from edgeseg.bench.machine import describe
@@ -154,10 +154,7 @@ def main() -> int:
               "machine": machine_tag(), "host": describe(), "libraries": library_versions(), "threads": args.threads,
               "engine": str(args.engine), "weights": "random, torch.manual_seed(0); untrained LP head (timing only)",
               "scan_s": "read + preprocess + sliding window (load excluded)", "rows": rows}
-    path = RESULTS / machine_tag() / "eager_scan.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {path}")
+    print(f"wrote {write_result('eager_scan', result)}")
     return 0
 
 

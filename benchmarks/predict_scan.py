@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, machine_tag  # noqa: E402
+from _common import ROOT, machine_tag, write_result  # noqa: E402
 
 
 def main() -> int:
@@ -88,10 +88,7 @@ def main() -> int:
               "machine": machine_tag(), "host": host_description(), "libraries": library_versions(),
               "threads": args.threads, "backend": args.backend, "feature_size": args.feature_size,
               "weights": "random, torch.manual_seed(0); untrained LP head (timing only)", "scans": rows}
-    dest = RESULTS / machine_tag() / "predict_scan.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {dest}")
+    print(f"wrote {write_result('predict_scan', result)}")
     return 0
 
 

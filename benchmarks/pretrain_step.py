@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, machine_tag  # noqa: E402
+from _common import machine_tag, write_result  # noqa: E402
 
 
 def main() -> None:
@@ -61,9 +61,7 @@ def main() -> None:
         "recorded_run": {"train_seconds": t["train_seconds"], "total_seconds": t["total_seconds"]},
         "projected_total_seconds_alone": round(projected, 1),
     }
-    out = RESULTS / machine_tag() / "pretrain_step.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
+    write_result("pretrain_step", result, indent=1)
     print(json.dumps(result, indent=1))
 
 
