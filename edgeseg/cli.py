@@ -580,6 +580,11 @@ BENCH_NAME_OPT = typer.Option(None, "--name", help="File stem in --out (default 
 BENCH_WORKDIR_OPT = typer.Option(None, "--workdir", help="Keep the worker jobs, logs and outputs here (default: a temporary folder).")
 BENCH_TIMEOUT_OPT = typer.Option(None, "--timeout", help="Seconds one worker process may run before it becomes an error row.")
 BENCH_BASELINE_OPT = typer.Option(None, "--baseline", help="Configuration the ratios are to (default: torch-cpu-fp32 for a trunk, ort-cpu-fp32 for an engine).")
+# bench trunk and bench engine: the same windows, the same knobs
+BENCH_BATCH_OPT = typer.Option("1,4", "--batch", help="Batch sizes, comma-separated.")
+BENCH_WARMUP_OPT = typer.Option(3, "--warmup", min=0, help="Untimed calls after the first.")
+BENCH_RUNS_OPT = typer.Option(10, "--runs", min=1, help="Timed calls per configuration and batch.")
+BENCH_THREADS_OPT = typer.Option(None, "--threads", help="CPU threads per backend (default: all cores).")
 
 
 def _bench_run(json_path: Optional[Path], out: Optional[Path], name: Optional[str], run) -> None:
@@ -611,10 +616,8 @@ def _bench_windows(kind: str, folder: Path, backends: str, batch: str, warmup: i
 def bench_trunk(
     folder: Path = typer.Argument(..., help="An exported trunk folder (edgeseg export)."),
     backends: str = typer.Option("all", "--backends", help="all, or names/prefixes: torch, ort, openvino, tensorrt, ort-cpu, torch-cuda-fp16, ..."),
-    batch: str = typer.Option("1,4", "--batch", help="Batch sizes, comma-separated."),
-    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed calls after the first."),
-    runs: int = typer.Option(10, "--runs", min=1, help="Timed calls per configuration and batch."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per backend (default: all cores)."),
+    batch: str = BENCH_BATCH_OPT, warmup: int = BENCH_WARMUP_OPT, runs: int = BENCH_RUNS_OPT,
+    threads: Optional[int] = BENCH_THREADS_OPT,
     timeout: Optional[float] = BENCH_TIMEOUT_OPT, workdir: Optional[Path] = BENCH_WORKDIR_OPT,
     out: Optional[Path] = BENCH_OUT_OPT, name: Optional[str] = BENCH_NAME_OPT, json_path: Optional[Path] = BENCH_JSON_OPT,
     baseline: Optional[str] = BENCH_BASELINE_OPT,
@@ -628,10 +631,8 @@ def bench_trunk(
 def bench_engine(
     folder: Path = typer.Argument(..., help="A fused engine folder (edgeseg fuse)."),
     backends: str = typer.Option("all", "--backends", help="all, or names/prefixes: ort, openvino, tensorrt, ort-cpu, ..."),
-    batch: str = typer.Option("1,4", "--batch", help="Batch sizes, comma-separated."),
-    warmup: int = typer.Option(3, "--warmup", min=0, help="Untimed calls after the first."),
-    runs: int = typer.Option(10, "--runs", min=1, help="Timed calls per configuration and batch."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads per backend (default: all cores)."),
+    batch: str = BENCH_BATCH_OPT, warmup: int = BENCH_WARMUP_OPT, runs: int = BENCH_RUNS_OPT,
+    threads: Optional[int] = BENCH_THREADS_OPT,
     timeout: Optional[float] = BENCH_TIMEOUT_OPT, workdir: Optional[Path] = BENCH_WORKDIR_OPT,
     out: Optional[Path] = BENCH_OUT_OPT, name: Optional[str] = BENCH_NAME_OPT, json_path: Optional[Path] = BENCH_JSON_OPT,
     baseline: Optional[str] = BENCH_BASELINE_OPT,
