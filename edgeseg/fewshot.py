@@ -11,13 +11,19 @@ Protocol (the paper's, scaled to 2 CPU cores; every scaling is a field of `Fewsh
 - Features: the frozen model runs once per case (sliding window, Gaussian blending) and its features at
   both cuts and its head's probabilities are stored (fp16, memory-mapped), so the adapters never re-run
   the trunk, as `edgeseg cache` does for one organ.
+- Settings (the paper's two): (A) organs the foundation model was pretrained on (its head knows them),
+  adapted on the other scanner, against the pretrained head's own target Dice (``generalization``);
+  (B) truly novel structures, never labelled in pretraining. `results.json` lists them as
+  ``base_organs`` and ``novel_organs`` (decided by the checkpoint's head, not by a list here).
 - Methods: ``generalization`` (the pretrained head as is; base organs only), ``scratch`` (a randomly
   initialised SwinUNETR with a one-organ head), ``ft`` (the whole pretrained model fine-tuned), ``ft-last``,
   ``lp``, ``spatial``, ``decoder-block``, ``decoder-block+ti`` (with the transductive size prior on the
-  queries). Adapters get `steps` x `batch_size` crops of `crop`^3 feature voxels; scratch and FT
-  `model_steps` x `batch_size` crops of `model_crop`^3 image voxels (64 keeps SwinUNETR's bottleneck
-  defined; 12 x 2 x 64^3 is 1.6x the voxels of 60 x 2 x 32^3); crops 1:1 organ-centred / anywhere; one training
-  loop for all, `edgeseg adapt`'s (`fit_adapter`).
+  queries). Adapters train with exactly `edgeseg adapt`'s defaults (`AdaptConfig().resolved()`: its step
+  budget, learning rate, crops, organ / neighbour / negative mix, and with K >= 5 one support left out
+  to pick the kept state) on the regions `edgeseg cache` stores (organ box + margin, negative windows in
+  the body). ``scratch`` and ``ft`` are not in the default methods: on 2 CPU cores a budget that means
+  anything for 3.8M parameters (hundreds of 64^3 steps) costs about as much as pretraining, per run;
+  `--methods` adds them with `model_steps` steps.
 - Metric: Dice of the 0.5-thresholded probabilities on each query, on the model grid, predicted by
   sliding windows of the model's window; the mean over queries is one run's DSC; the table shows the
   mean (and std) over seeds.
@@ -42,35 +48,37 @@ from edgeseg.runtime.errors import InputError
 METHODS: tuple[str, ...] = (
     "generalization", "scratch", "ft", "ft-last", "lp", "spatial", "decoder-block", "decoder-block+ti",
 )
-# Learning rates. The release's (LP 1e-2, adapters 1e-4) assume hundreds of epochs; this protocol trains
-# for `steps` steps, so the adapters' rate is 10x the release's (said in the table's notes).
-DEFAULT_LR: dict[str, float] = {"scratch": 1e-3, "ft": 3e-4, "ft-last": 1e-3, "lp": 1e-2, "spatial": 1e-3,
-                                "decoder-block": 1e-3, "decoder-block+ti": 1e-3}
+# scratch and FT train the whole 3.8M-parameter model: a real budget costs about a pretraining per run on
+# 2 CPU cores, so they run only when asked for (--methods).
+DEFAULT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in ("scratch", "ft"))
+# Setting A: organs the stand-in was pretrained on (two of them small), on the other scanner;
+# setting B: structures never labelled in pretraining.
+SETTING_A: tuple[str, ...] = ("liver", "kidney_left", "pancreas", "gallbladder")
+SETTING_B: tuple[str, ...] = ("inferior_vena_cava", "esophagus")
+# scratch / FT learning rates (the adapters use `edgeseg adapt`'s recipe)
+MODEL_LR: dict[str, float] = {"scratch": 1e-3, "ft": 3e-4}
 RUNS_NAME = "runs.jsonl"
 FEATURES_DIR = "features"
 _TAPS = ("enc0", "dec0", "feat", "probs")
+REGION_MARGIN_MM = 20.0  # `edgeseg cache`'s default margin around the organ box
+NEGATIVES_PER_CASE = 2  # `edgeseg cache`'s default
 
 
 @dataclass(frozen=True)
 class FewshotConfig:
-    # one base organ under domain shift and two novel ones: what fits the 2-hour budget on 2 cores (any
-    # phantom organ can be named; finished runs are reused when organs are added later)
-    organs: tuple[str, ...] = ("liver", "gallbladder", "pancreas")
+    organs: tuple[str, ...] = SETTING_A + SETTING_B
     ks: tuple[int, ...] = (1, 5, 10)
     seeds: tuple[int, ...] = (0, 1, 2)
-    methods: tuple[str, ...] = METHODS
+    methods: tuple[str, ...] = DEFAULT_METHODS
     n_cases: int = 22
     n_query: int = 5
-    data_seed: int = 2026
+    data_seed: int = 2026  # never the pretraining's dataset seed: other patients, another scanner
     domain: str = "target"
     min_organ_ml: float = 1.0
-    steps: int = 60
     batch_size: int = 2
-    crop: int = 32  # adapters' training crops (feature voxels)
     model_crop: int = 64  # scratch and FT: 32 would leave SwinUNETR's bottleneck 1 voxel, where instance norm is undefined
-    model_steps: int = 12  # scratch and FT: 12 x 64^3 crops are 1.6x the voxels of 60 x 32^3 (and ~50x the compute)
+    model_steps: int = 300  # scratch and FT
     overlap: float = 0.25
-    lr: dict = field(default_factory=lambda: dict(DEFAULT_LR))
     ti_gamma: float = 0.3
     ti_lambda: float = 0.1
     threads: int | None = None
@@ -80,6 +88,10 @@ class FewshotConfig:
         d = dataclasses.asdict(self)
         for key in ("organs", "ks", "seeds", "methods"):
             d[key] = list(d[key])
+        from edgeseg.train.adapt import AdaptConfig
+
+        d["adapt_defaults"] = {k: AdaptConfig(adapter=k).resolved().to_dict() for k in ("lp", "spatial", "decoder-block", "ft-last")}
+        d["model_lr"] = dict(MODEL_LR)
         return d
 
     def check(self) -> None:
@@ -102,9 +114,10 @@ class FewshotConfig:
 
     def run_settings(self) -> dict:
         """What a finished run's result depends on, besides its key: a run made under others is redone."""
-        return {k: v for k, v in self.to_dict().items() if k in (
-            "n_cases", "n_query", "data_seed", "domain", "min_organ_ml", "steps", "batch_size", "crop", "model_crop", "model_steps", "overlap",
-            "lr", "ti_gamma", "ti_lambda", "gen_max_voxels")}
+        d = self.to_dict()
+        return {k: d[k] for k in ("n_cases", "n_query", "data_seed", "domain", "min_organ_ml", "batch_size", "model_crop",
+                                  "model_steps", "overlap", "ti_gamma", "ti_lambda", "gen_max_voxels", "adapt_defaults",
+                                  "model_lr")}
 
 
 # --- data and splits --------------------------------------------------------------------------------
@@ -236,13 +249,42 @@ def prepare_cases(out: Path, config: FewshotConfig, model, spec, *, progress=Non
 # --- one run ------------------------------------------------------------------------------------------
 @dataclass
 class _Entry:
-    """A whole support case as one region the crop sampler draws from (duck-types a cache entry)."""
+    """One region of a support case, as `edgeseg cache` stores it (duck-types a cache entry)."""
 
     case_id: str
     features: tuple
     label: np.ndarray
     voxel_ml: float
     role: str = "positive"
+
+
+def support_regions(case: "CaseFeatures", organ: str, names: Sequence[str], window: Sequence[int],
+                    spacing: Sequence[float], seed: int) -> list[_Entry]:
+    """The regions `edgeseg cache` would store for this support: the organ box plus its margin (grown to
+    the window) and `NEGATIVES_PER_CASE` negative windows inside the body, as views of the case's arrays.
+
+    `names`: the arrays to slice ("image", or the trunk taps); half-resolution taps (dec0) are sliced at
+    half the box, which is exact because the boxes start and end on even voxels.
+    """
+    from edgeseg.cache import BODY_THRESHOLD, negative_boxes, organ_bbox, positive_box
+
+    mask = case.mask(organ)
+    bbox = organ_bbox(mask)
+    if bbox is None:
+        raise InputError(f"support {case.case_id} holds no {organ}", fix="choose supports that hold the organ")
+    arrays = [np.asarray(case.image)[None] if n == "image" else case.taps(n) for n in names]
+    image = np.asarray(case.image)
+    pos = positive_box(bbox, mask.shape, spacing, REGION_MARGIN_MM, window)
+    negs = negative_boxes(image > BODY_THRESHOLD, mask, bbox, window, NEGATIVES_PER_CASE,
+                          np.random.default_rng([int(seed), int(case.case_id.lstrip("t") or 0)]))
+    out = []
+    for role, box in [("positive", pos)] + [("negative", b) for b, _ in negs]:
+        feats = []
+        for arr in arrays:
+            scale = max(1, mask.shape[0] // arr.shape[1])
+            feats.append(arr[(slice(None), *(slice(lo // scale, hi // scale) for lo, hi in box))])
+        out.append(_Entry(case.case_id, tuple(feats), mask[tuple(slice(lo, hi) for lo, hi in box)], case.voxel_ml, role))
+    return out
 
 
 class _WholeModel:
@@ -266,33 +308,19 @@ class _WholeModel:
         return model
 
 
-def _predict(module, volume: np.ndarray, window, overlap: float, split: Callable | None = None) -> np.ndarray:
-    import torch
-
-    from edgeseg.runtime.sliding_window import sliding_window
-
-    def run(batch: np.ndarray):
-        with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            args = split(x) if split else (x,)
-            return torch.sigmoid(module(*args)).numpy()
-
-    return sliding_window(volume, window, run, overlap=overlap, align=2)[0][0]
-
-
 def run_method(method: str, organ: str, supports: list[CaseFeatures], queries: list[CaseFeatures], config: FewshotConfig,
                spec, pretrained, *, seed: int) -> dict:
     """Train (unless `generalization`) on the supports and return Dice per query, trainable parameters, time."""
     import torch
 
     from edgeseg.adapters import build_adapter, count_trainable
-    from edgeseg.train.adapt import AdaptConfig, CropSampler, fit_adapter
+    from edgeseg.train.adapt import AdaptConfig, CropSampler, fit_adapter, predict_features, split_holdout
     from edgeseg.train.losses import dice_score
     from edgeseg.train.size_prior import QuerySizeEstimator, target_size_ml
 
     window = tuple(spec.preprocess.window)
+    spacing = tuple(spec.preprocess.spacing)
     class_index = spec.class_index(organ)
-    fs = spec.feature_size
     t0 = time.perf_counter()
     if method == "generalization":
         if class_index is None:
@@ -303,53 +331,42 @@ def run_method(method: str, organ: str, supports: list[CaseFeatures], queries: l
 
     torch.manual_seed(seed)
     kind = "decoder-block" if method == "decoder-block+ti" else method
+    ti = method == "decoder-block+ti"
     if method in ("scratch", "ft"):
         module = _WholeModel.build(spec, pretrained if method == "ft" else None,
                                    class_index if method == "ft" else None)
-        entries = [_Entry(s.case_id, (np.asarray(s.image, dtype=np.float32)[None],), s.mask(organ), s.voxel_ml)
-                   for s in supports]
-        align, crop, steps = 1, config.model_crop, config.model_steps
+        names: tuple[str, ...] = ("image",)
+        adapt_config = AdaptConfig(adapter="lp", steps=config.model_steps, lr=MODEL_LR[method], crop=config.model_crop,
+                                   batch_size=config.batch_size, seed=seed).resolved()
+        align = 1
     else:
-        module = build_adapter(kind, feature_size=fs, pretrained=pretrained, class_index=class_index)
+        module = build_adapter(kind, feature_size=spec.feature_size, pretrained=pretrained, class_index=class_index)
         names = ("feat",) if kind in ("lp", "spatial") else ("enc0", "dec0")
-        entries = [_Entry(s.case_id, tuple(s.taps(n) for n in names), s.mask(organ), s.voxel_ml) for s in supports]
-        align, crop, steps = (2 if kind in ("decoder-block", "ft-last") else 1), config.crop, config.steps
-    steps_per_epoch = max(1, steps // 5)  # five "epochs" (warm-up, cosine, size-prior steps are per epoch)
-    epochs = max(2, math.ceil(steps / steps_per_epoch))
-    ti = method == "decoder-block+ti"
-    adapt_config = AdaptConfig(adapter=kind if kind in ("lp", "spatial", "decoder-block", "ft-last") else "lp",
-                               max_epochs=epochs, patience=10 * epochs, crop=crop, batch_size=config.batch_size,
-                               ti=ti, ti_gamma=config.ti_gamma, ti_lambda=config.ti_lambda,
-                               ti_warmup=epochs // 2, seed=seed)
-    sampler = CropSampler(entries, crop, np.random.default_rng(seed), align=align)
+        adapt_config = AdaptConfig(adapter=kind, ti=ti, ti_gamma=config.ti_gamma, ti_lambda=config.ti_lambda,
+                                   seed=seed).resolved()  # exactly `edgeseg adapt`'s defaults
+        align = 2 if kind in ("decoder-block", "ft-last") else 1
+    entries = [e for s in supports for e in support_regions(s, organ, names, window, spacing, seed)]
+    train_entries, heldout = split_holdout(entries, adapt_config)
+    sampler = CropSampler(train_entries, int(adapt_config.crop), np.random.default_rng(seed), align=align)
     estimators, S = [], None
     size_prior = None
     if ti:
-        estimate = target_size_ml([e.label for e in entries], [e.voxel_ml for e in entries])
+        estimate = target_size_ml([s.mask(organ) for s in supports], [s.voxel_ml for s in supports])
         S = estimate.S_ml
         estimators = [QuerySizeEstimator((q.taps("enc0"), q.taps("dec0")), voxel_volume_ml=q.voxel_ml, pool=1,
                                          chunk=window, grad_chunks=2, seed=seed) for q in queries]
         size_prior = {"S_ml": round(S, 2), "method": estimate.method}
-    fit = fit_adapter(module, sampler, adapt_config, lr=float(config.lr[method]), steps_per_epoch=steps_per_epoch,
-                      estimators=estimators, S_ml=S, record_after=False)
+    fit = fit_adapter(module, sampler, adapt_config, heldout=heldout, window=window, estimators=estimators, S_ml=S,
+                      record_after=False)
     train_seconds = time.perf_counter() - t0
     dsc = []
     for q in queries:
-        if method in ("scratch", "ft"):
-            prob = _predict(module, np.asarray(q.image, dtype=np.float32)[None], window, config.overlap)
-        elif kind in ("lp", "spatial"):
-            prob = _predict(module, np.asarray(q.taps("feat"), dtype=np.float32), window, config.overlap)
-        else:  # enc0 and dec0 (half resolution, repeated to full) in one volume; windows start on even voxels
-            enc0 = np.asarray(q.taps("enc0"), dtype=np.float32)
-            dec0 = np.asarray(q.taps("dec0"), dtype=np.float32)
-            up = dec0.repeat(2, 1).repeat(2, 2).repeat(2, 3)[:, :enc0.shape[1], :enc0.shape[2], :enc0.shape[3]]
-            c = enc0.shape[0]
-            prob = _predict(module, np.concatenate([enc0, up]), window, config.overlap,
-                            split=lambda x, c=c: (x[:, :c], x[:, c:, ::2, ::2, ::2]))
-        dsc.append(dice_score(prob > 0.5, q.mask(organ)))
+        arrays = [np.asarray(q.image)[None]] if names == ("image",) else [q.taps(n) for n in names]
+        dsc.append(dice_score(predict_features(module, arrays, window, overlap=config.overlap) > 0.5, q.mask(organ)))
     record = {"dsc_per_query": dsc, "trainable_params": count_trainable(module),
               "train_seconds": round(train_seconds, 2), "seconds": round(time.perf_counter() - t0, 2),
-              "final_loss": round(fit["losses"][-1], 4), "epochs": len(fit["losses"])}
+              "final_loss": round(float(np.mean(fit["losses"][-20:])), 4), "steps_run": fit["steps_run"],
+              "kept_step": fit["kept_step"], "heldout_dice": fit["heldout_dice"], "stopped": fit["stopped"]}
     if size_prior is not None:
         size_prior["history"] = fit["size_prior_history"]
         record["size_prior"] = size_prior
@@ -406,7 +423,9 @@ def run_protocol(checkpoint: str | Path, out: str | Path, config: FewshotConfig 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pretrained, spec, _ = load_checkpoint(checkpoint, need_head=True)
-    ckpt = {"path": str(Path(checkpoint).resolve()), "sha256": sha256_file(checkpoint)}
+    from edgeseg.runtime.manifest import portable_path
+
+    ckpt = {"path": portable_path(checkpoint), "sha256": sha256_file(checkpoint)}
     settings = {**config.run_settings(), "checkpoint_sha256": ckpt["sha256"]}
     stamp = out / "features" / "settings.json"
     data_settings = {k: settings[k] for k in ("n_cases", "data_seed", "domain", "gen_max_voxels", "overlap",
@@ -510,15 +529,20 @@ def render_table(summary: dict) -> str:
                 row.append("-" if v is None else f"{v['mean']:.3f} ± {v['std']:.3f}")
             row.append(f"**{cell['average']:.3f}**")
             lines.append("| " + " | ".join(row) + " |")
+    ad = cfg["adapt_defaults"]
     notes = [
         "",
         f"DSC on {cfg['n_query']} query phantoms per organ ({cfg['domain']} domain), mean ± std over seeds "
-        f"{cfg['seeds']}; `*` marks novel organs (never labelled in pretraining; `generalization` has no channel "
-        "for them, and its average is over base organs only).",
-        f"Adapters: {cfg['steps']} steps of {cfg['batch_size']} crops of {cfg['crop']}^3 feature voxels; scratch and FT: "
-        f"{cfg['model_steps']} steps of {cfg['batch_size']} crops of {cfg['model_crop']}^3 image voxels; learning "
-        f"rates {cfg['lr']}. params: trainable parameters; peak RSS +GiB: the largest rise of resident memory "
-        "during one run (features are memory-mapped); s/run: training and query inference.",
+        f"{cfg['seeds']}; `*` marks setting B, structures never labelled in pretraining (`generalization` has no "
+        "channel for them); the others are setting A, organs of the pretraining on another scanner.",
+        "Adapters: `edgeseg adapt`'s defaults: " + "; ".join(
+            f"{k} {v['steps']} steps at lr {v['lr']:g}" for k, v in ad.items())
+        + f"; crops of {ad['decoder-block']['crop']}^3 feature voxels, batch {ad['decoder-block']['batch_size']}, "
+        "half organ-centred, a quarter on the organ's neighbours, a quarter in negative windows; with K >= 5 one "
+        "support is left out to pick the kept state. Scratch and FT (when run): "
+        f"{cfg['model_steps']} steps of {cfg['batch_size']} crops of {cfg['model_crop']}^3 image voxels, lr {cfg['model_lr']}.",
+        "params: trainable parameters; peak RSS +GiB: the largest rise of resident memory during one run (features "
+        "are memory-mapped); s/run: training and query inference.",
         f"Total run time: {summary['run_seconds_total'] / 60:.1f} min of runs (features excluded).",
     ]
     return "\n".join(lines + notes) + "\n"

@@ -31,6 +31,22 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def portable_path(path: str | Path, base: str | Path | None = None) -> str:
+    """`path` as a results file should record it: relative to `base` (default: the working directory) when
+    inside it, else relative to the folder holding the edgeseg package (a checkout's root), else its
+    file name only. Never the absolute path of the machine it ran on.
+    """
+    p = Path(path).resolve()
+    roots = [Path(base).resolve() if base is not None else Path.cwd().resolve(),
+             Path(__file__).resolve().parents[1]]
+    for root in roots:
+        try:
+            return p.relative_to(root).as_posix()
+        except ValueError:
+            continue
+    return p.name
+
+
 def _canonical(d: dict) -> bytes:
     return json.dumps(d, sort_keys=True, separators=(",", ":"), default=str).encode()
 

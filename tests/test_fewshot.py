@@ -30,7 +30,7 @@ PRESENCE = {
 def test_queries_and_supports_never_overlap_and_queries_are_fixed_per_organ():
     config = FewshotConfig(organs=("liver", "gallbladder"), ks=(1, 5, 10), seeds=(0, 1, 2), n_cases=20)
     plan = plan_runs(config, PRESENCE)
-    assert len(plan) == 2 * 3 * 3 * len(METHODS)
+    assert len(plan) == 2 * 3 * 3 * len(config.methods)
     queries = {}
     for item in plan:
         assert not set(item["supports"]) & set(item["queries"])
@@ -107,7 +107,7 @@ def test_finished_runs_resume_and_a_torn_line_is_ignored(tmp_path):
     settings = FewshotConfig().run_settings()
     path = tmp_path / "runs.jsonl"
     good = {"key": run_key("liver", 1, 0, "lp"), "dsc": 0.9, "settings": settings}
-    other = {"key": run_key("liver", 5, 0, "lp"), "dsc": 0.8, "settings": {**settings, "steps": 1}}
+    other = {"key": run_key("liver", 5, 0, "lp"), "dsc": 0.8, "settings": {**settings, "model_steps": 1}}
     path.write_text(json.dumps(good) + "\n" + json.dumps(other) + "\n" + '{"key": "liver|K=10|se')
     done = read_runs(path, settings)
     assert list(done) == [good["key"]]  # the run under other settings is redone, the torn line dropped
@@ -134,3 +134,73 @@ def test_summary_and_table_average_over_seeds():
     assert s["base_organs"] == ["liver"] and s["novel_organs"] == ["gallbladder"]
     table = render_table(s)
     assert "| lp | 1 | 13 |" in table and "gallbladder *" in table and "0.700 ± 0.100" in table
+
+
+def test_defaults_are_the_papers_two_settings_with_the_adapt_defaults_and_no_whole_model_methods():
+    from edgeseg.fewshot import DEFAULT_METHODS, SETTING_A, SETTING_B
+    from edgeseg.train.adapt import AdaptConfig
+    from edgeseg.train.pretrain import BASE_ORGANS, NOVEL_ORGANS
+
+    config = FewshotConfig()
+    assert config.organs == SETTING_A + SETTING_B and config.methods == DEFAULT_METHODS
+    assert set(SETTING_A) <= set(BASE_ORGANS) and set(SETTING_B) <= set(NOVEL_ORGANS) and len(SETTING_A) >= 4
+    assert "scratch" not in config.methods and "ft" not in config.methods and len(SETTING_B) >= 2
+    settings = config.run_settings()
+    assert settings["adapt_defaults"]["decoder-block"] == AdaptConfig(adapter="decoder-block").resolved().to_dict()
+    assert config.data_seed != 0  # never the pretraining's patients
+
+
+def test_support_regions_are_the_regions_edgeseg_cache_stores(tmp_path):
+    import numpy as np
+
+    from edgeseg.data.phantom import ORGANS
+    from edgeseg.fewshot import NEGATIVES_PER_CASE, CaseFeatures, support_regions
+
+    folder = tmp_path / "t0003"
+    folder.mkdir()
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[10:20, 12:18, 14:22] = ORGANS.index("liver") + 1
+    image = np.zeros((40, 40, 40), np.float16)
+    image[2:38, 2:38, 2:38] = 0.5  # the body
+    np.save(folder / "labels.npy", labels)
+    np.save(folder / "image.npy", image)
+    enc0 = np.random.default_rng(0).random((3, 40, 40, 40)).astype(np.float16)
+    np.save(folder / "enc0.npy", enc0)
+    np.save(folder / "dec0.npy", enc0[:, ::2, ::2, ::2].copy())
+    case = CaseFeatures("t0003", folder, 0.027)
+    regions = support_regions(case, "liver", ("enc0", "dec0"), (16, 16, 16), (3.0, 3.0, 3.0), seed=0)
+    pos, negs = regions[0], regions[1:]
+    assert pos.role == "positive" and len(negs) == NEGATIVES_PER_CASE and all(n.role == "negative" for n in negs)
+    assert pos.label.sum() == (labels > 0).sum()  # the whole organ, with its 20 mm margin (clipped)
+    assert pos.features[0].shape[1:] == pos.label.shape
+    assert tuple(2 * n for n in pos.features[1].shape[1:]) == pos.label.shape  # dec0 at half resolution
+    for n in negs:
+        assert n.label.sum() == 0 and n.label.shape == (16, 16, 16)
+
+
+def test_one_small_protocol_end_to_end_writes_results_with_relative_paths(tmp_path, monkeypatch):
+    import torch
+
+    import edgeseg.train.adapt as adapt_mod
+    from edgeseg.fewshot import run_protocol
+    from edgeseg.model.checkpoint import save_checkpoint
+    from edgeseg.model.spec import TINY_TEST_SPEC, ModelSpec
+    from edgeseg.model.swinunetr import build_swinunetr
+    from edgeseg.runtime.preprocess import PreprocessSpec
+
+    for kind in ("lp", "decoder-block"):  # a short budget: this checks the bookkeeping, not the Dice
+        monkeypatch.setitem(adapt_mod.RECIPE, kind, {**adapt_mod.RECIPE[kind], "steps": 4})
+    spec = ModelSpec(**TINY_TEST_SPEC, out_channels=1, class_names=("liver",),
+                     preprocess=PreprocessSpec(spacing=(8.0, 8.0, 8.0), window=(64, 64, 64)))
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(build_swinunetr(spec), spec, tmp_path / "m.safetensors")
+    monkeypatch.chdir(tmp_path)
+    config = FewshotConfig(organs=("liver", "inferior_vena_cava"), ks=(1,), seeds=(0,), n_cases=3, n_query=1,
+                           methods=("generalization", "lp", "decoder-block"), gen_max_voxels=300_000, threads=1)
+    summary = run_protocol(ckpt, tmp_path / "fs", config)
+    assert summary["base_organs"] == ["liver"] and summary["novel_organs"] == ["inferior_vena_cava"]
+    assert summary["checkpoint"]["path"] == "m.safetensors"  # relative, never this machine's absolute path
+    assert set(summary["table"]) == {"generalization", "lp", "decoder-block"}
+    recs = {(r["organ"], r["method"]): r for r in summary["records"]}
+    assert recs[("liver", "lp")]["steps_run"] == 4 and recs[("inferior_vena_cava", "generalization")].get("skipped")
+    assert "/" not in json.dumps(summary["checkpoint"]) and (tmp_path / "fs" / "table.md").exists()

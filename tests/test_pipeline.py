@@ -26,7 +26,7 @@ def engine_dir(trunk5, phantoms5, tmp_path_factory):
     work = tmp_path_factory.mktemp("pipeline")
     build_cache(trunk5, support, "liver", work / "cache", k=2, seed=0, query=[query], backend="ort", threads=2,
                 context=0, log=lambda m: None)
-    adapt(work / "cache", work / "adapter", AdaptConfig(adapter="spatial", max_epochs=60, crop=32, seed=0, threads=1,
+    adapt(work / "cache", work / "adapter", AdaptConfig(adapter="spatial", steps=360, crop=32, seed=0, threads=1,
                                                         lr=3e-3))
     fuse(trunk5, [work / "adapter"], work / "engine", precisions=("fp32",), log=lambda m: None)
     return work / "engine"

@@ -1,22 +1,28 @@
 """`edgeseg adapt`: train a few-shot adapter on cached trunk features, optionally with the size prior.
 
 The trunk never runs here: crops are read from the memory-mapped feature cache, so memory does not
-grow with the number or size of the support scans. The recipe follows the FSEFT code release:
-AdamW (weight decay 0), one linear warm-up epoch then cosine decay, Dice loss (+ BCE on request),
-crops sampled 1:1 around the organ and in negative windows (six per support scan per epoch), and the
-release's early stop (the training loss, smoothed over a window, has not improved for `patience`
-epochs; at most `max_epochs`). With `ti=True` the transductive size prior (the poster's band on the
-query's predicted organ volume, in mL) takes a separate optimiser step each epoch after a warm-up.
+grow with the number or size of the support scans.
+
+The recipe is a step budget measured to converge on a 2-core CPU (`RECIPE`; the code release's "up to
+200 epochs at 1e-4" means hours there): AdamW (weight decay 0), a linear warm-up over the first 5% of
+the steps, then cosine to 0; Dice + BCE; batches of crops centred on an organ voxel (half), on a
+non-organ voxel of the organ's own region, i.e. its neighbours inside the body (a quarter), or in a
+negative window inside the body (a quarter). With K >= 5 supports one support is left out and the
+adapter's Dice on it, every `eval_every` steps, picks the state that is kept and stops training when it
+no longer improves (`patience`); `max_minutes` stops at the best state so far and says so. With
+`ti=True` the transductive size prior (the poster's band on the query's predicted organ volume, in mL)
+takes a separate optimiser step every `ti_every` steps after `ti_warmup` steps.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -25,34 +31,83 @@ from edgeseg.runtime.host import peak_rss_gib
 
 ADAPTER_KIND = "adapter"
 
+# The CPU recipe per adapter: steps, learning rate, crop side (feature voxels). Measured on cached
+# features of the stand-in (benchmarks/results/<machine>/adapt_recipe.json): the decoder block reaches
+# its best held-out Dice near 500 steps at 3e-3 and over-fits beyond ~1000.
+RECIPE: dict[str, dict] = {
+    "lp": {"steps": 300, "lr": 1e-2, "crop": 32},
+    "spatial": {"steps": 400, "lr": 1e-3, "crop": 32},
+    "decoder-block": {"steps": 500, "lr": 3e-3, "crop": 32},
+    "ft-last": {"steps": 500, "lr": 1e-3, "crop": 32},
+}
+HOLDOUT_MIN_K = 5  # from this many supports on, one is left out to pick the state that is kept
+
 
 @dataclass(frozen=True)
 class AdaptConfig:
     adapter: str = "lp"
-    lr: float | None = None  # None: the release's rate for the adapter (LP 1e-2, others 1e-4)
-    max_epochs: int = 200
-    patience: int = 20  # epochs without improvement of the smoothed loss
-    smooth: int = 5  # epochs in the moving average the plateau test looks at
-    crops_per_case: int = 6  # per support scan per epoch, half around the organ, half negative
-    crop: int = 64  # crop side in voxels (clipped to the cached regions)
+    steps: int | None = None  # None: RECIPE[adapter]["steps"]
+    lr: float | None = None  # None: RECIPE[adapter]["lr"]
+    crop: int | None = None  # crop side in voxels (clipped to the cached regions); None: RECIPE
+    warmup: float = 0.05  # fraction of the steps in the linear warm-up
     batch_size: int = 2
-    loss: str = "dice"  # "dice" or "dice+bce"
+    loss: str = "dice+bce"  # "dice" or "dice+bce"
+    neighbour_fraction: float = 0.25  # crops centred on a non-organ voxel of the organ's region
+    negative_fraction: float = 0.25  # crops in a negative window
+    holdout: bool = True  # leave one support out (K >= 5) to pick the kept state and stop early
+    eval_every: int = 50  # steps between held-out evaluations
+    patience: int = 4  # held-out evaluations without improvement before stopping
+    max_minutes: float | None = None  # stop at the best state so far after this long
     ti: bool = False
     ti_gamma: float = 0.3  # band half-width (the release's margin)
     ti_lambda: float = 0.1
-    ti_warmup: int = 50  # epochs before the size prior starts (the release's)
+    ti_warmup: int | None = None  # steps before the size prior starts; None: half the steps
+    ti_every: int = 10  # steps between size-prior steps
     seed: int = 0
-    threads: int | None = None
+    threads: int | None = None  # None: the cores that are idle now (see `edgeseg.runtime.host.idle_cores`)
+
+    def resolved(self) -> "AdaptConfig":
+        """This config with the recipe's values filled in for the fields left as None."""
+        from edgeseg.adapters import resolve_kind
+
+        kind = resolve_kind(self.adapter)
+        r = RECIPE[kind]
+        steps = self.steps if self.steps is not None else r["steps"]
+        return dataclasses.replace(
+            self, adapter=kind, steps=steps, lr=self.lr if self.lr is not None else r["lr"],
+            crop=self.crop if self.crop is not None else r["crop"],
+            ti_warmup=self.ti_warmup if self.ti_warmup is not None else steps // 2)
+
+    def check(self) -> None:
+        problems = []
+        if self.steps is not None and self.steps < 1:
+            problems.append(f"steps={self.steps} must be >= 1")
+        if self.crop is not None and self.crop < 8:
+            problems.append(f"crop={self.crop} must be >= 8")
+        if self.loss not in ("dice", "dice+bce"):
+            problems.append(f"loss {self.loss!r} is not one of dice, dice+bce")
+        if not (0 <= self.neighbour_fraction and 0 <= self.negative_fraction
+                and self.neighbour_fraction + self.negative_fraction < 1):
+            problems.append("neighbour and negative fractions must be >= 0 and leave room for organ crops")
+        if self.eval_every < 1 or self.patience < 1 or self.ti_every < 1 or self.batch_size < 1:
+            problems.append("eval_every, patience, ti_every and batch_size must be >= 1")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            problems.append(f"max_minutes={self.max_minutes} must be > 0")
+        if problems:
+            raise InputError("invalid adaptation settings: " + "; ".join(problems), fix="see `edgeseg adapt --help`")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 class CropSampler:
-    """Crops from the cache: positives centred on a random organ voxel, negatives anywhere in a negative window.
+    """Crops from the cache's regions: organ-centred, neighbour-centred (non-organ voxels of the organ's own
+    region: the structures around it, inside the body), or anywhere in a negative window.
 
     For the pre-decoder1 cut the crop starts on even voxels so that the half-resolution `dec0` crop is exact.
     """
+
+    KINDS = ("positive", "neighbour", "negative")
 
     def __init__(self, entries, crop: int, rng: np.random.Generator, align: int):
         self.pos = [e for e in entries if e.role == "positive"]
@@ -60,7 +115,12 @@ class CropSampler:
         if not self.pos:
             raise InputError("the cache holds no organ region", fix="rebuild the cache with supports that contain the organ")
         self.crop, self.rng, self.align = crop, rng, align
-        self._fg = {id(e): np.argwhere(np.asarray(e.label) > 0) for e in self.pos}
+        self._fg: dict[int, np.ndarray] = {}
+        self._bg: dict[int, np.ndarray] = {}
+        for e in self.pos:
+            lab = np.asarray(e.label) > 0
+            self._fg[id(e)] = np.flatnonzero(lab).astype(np.int64)
+            self._bg[id(e)] = np.flatnonzero(~lab).astype(np.int64)
 
     def _size(self, entry) -> tuple[int, int, int]:
         shape = entry.label.shape
@@ -75,11 +135,22 @@ class CropSampler:
             starts.append(s // self.align * self.align)
         return tuple(starts)  # type: ignore[return-value]
 
-    def sample(self, positive: bool):
-        pool = self.pos if positive else self.neg
+    def kind_of(self, draw: float, neighbour_fraction: float, negative_fraction: float) -> str:
+        if draw < negative_fraction:
+            return "negative"
+        if draw < negative_fraction + neighbour_fraction:
+            return "neighbour"
+        return "positive"
+
+    def sample(self, kind: str | bool):
+        """(features, label) of one crop; `kind` is one of `KINDS` (True / False: positive / negative)."""
+        kind = {True: "positive", False: "negative"}.get(kind, kind)  # type: ignore[arg-type]
+        pool = self.neg if kind == "negative" else self.pos
         entry = pool[int(self.rng.integers(len(pool)))]
-        fg = self._fg.get(id(entry))
-        centre = fg[int(self.rng.integers(len(fg)))] if positive and fg is not None and len(fg) else None
+        voxels = {"positive": self._fg, "neighbour": self._bg}.get(kind, {}).get(id(entry))
+        centre = None
+        if voxels is not None and len(voxels):
+            centre = np.unravel_index(int(voxels[int(self.rng.integers(len(voxels)))]), entry.label.shape)
         start, size = self._start(entry, centre), self._size(entry)
         feats = []
         full = entry.label.shape
@@ -91,60 +162,124 @@ class CropSampler:
         return feats, label
 
 
-def _plateaued(losses: list[float], smooth: int, patience: int) -> bool:
-    """The release's stop: the smoothed training loss has not improved for `patience` epochs."""
-    if len(losses) < smooth + patience:
-        return False
-    avg = np.convolve(losses, np.ones(smooth) / smooth, mode="valid")
-    return int(np.argmin(avg)) < len(avg) - patience
+def predict_features(adapter, features: Sequence[np.ndarray], window: Sequence[int], *, overlap: float = 0.25) -> np.ndarray:
+    """The adapter's organ probability (D, H, W) over whole feature volumes, by Gaussian-blended sliding windows.
+
+    `features` are the cut's arrays in trunk order on nested grids (``(feat,)``, or ``(enc0, dec0)`` with dec0
+    at half resolution): coarser arrays are repeated up to the finest grid so one window slices all of
+    them, and each window gives the adapter its own arrays back at their own scales.
+    """
+    import torch
+
+    from edgeseg.runtime.sliding_window import sliding_window
+
+    fine = np.asarray(features[0], dtype=np.float32)
+    parts, splits, scales = [fine], [fine.shape[0]], [1]
+    for f in features[1:]:
+        f = np.asarray(f, dtype=np.float32)
+        s = max(1, fine.shape[1] // max(1, f.shape[1]))
+        up = f.repeat(s, 1).repeat(s, 2).repeat(s, 3)[:, :fine.shape[1], :fine.shape[2], :fine.shape[3]]
+        parts.append(up)
+        splits.append(splits[-1] + f.shape[0])
+        scales.append(s)
+    volume = np.concatenate(parts) if len(parts) > 1 else fine
+    bounds = [0] + splits
+
+    def run(batch: np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+        args = [x[:, bounds[i]:bounds[i + 1], ::scales[i], ::scales[i], ::scales[i]] for i in range(len(scales))]
+        with torch.no_grad():
+            return torch.sigmoid(adapter(*args)).numpy()
+
+    window = tuple(min(int(w), int(n)) // max(scales) * max(scales) for w, n in zip(window, fine.shape[1:]))
+    return sliding_window(volume, window, run, overlap=overlap, align=max(scales))[0][0]
 
 
-def fit_adapter(adapter, sampler, config: AdaptConfig, *, lr: float, steps_per_epoch: int, estimators=(),
-                S_ml: float | None = None, progress: Callable[[int, int, float], None] | None = None,
+def heldout_dice(adapter, entries, window: Sequence[int]) -> float:
+    """One Dice over a left-out support's regions (organ region and negative windows pooled): 2TP / (P + G)."""
+    tp = pred = ref = 0
+    for e in entries:
+        p = predict_features(adapter, e.features, window) > 0.5
+        g = np.asarray(e.label) > 0
+        tp += int(np.logical_and(p, g).sum())
+        pred += int(p.sum())
+        ref += int(g.sum())
+    return 1.0 if pred + ref == 0 else 2.0 * tp / (pred + ref)
+
+
+def split_holdout(entries, config: AdaptConfig) -> tuple[list, list]:
+    """(training entries, left-out entries): the last support by case id is left out when K >= HOLDOUT_MIN_K."""
+    cases = sorted({e.case_id for e in entries})
+    if not config.holdout or len(cases) < HOLDOUT_MIN_K:
+        return list(entries), []
+    left = cases[-1]
+    return [e for e in entries if e.case_id != left], [e for e in entries if e.case_id == left]
+
+
+def fit_adapter(adapter, sampler, config: AdaptConfig, *, heldout=(), window: Sequence[int] = (64, 64, 64),
+                estimators=(), S_ml: float | None = None, progress: Callable[[int, int, float], None] | None = None,
                 record_after: bool = True) -> dict:
-    """The training loop shared by `edgeseg adapt` and the few-shot protocol: returns losses, stop reason and
-    the size-prior history.
+    """The training loop shared by `edgeseg adapt` and the few-shot protocol (`config` already `resolved()`).
 
-    `sampler.sample(positive)` gives ``(features, label)``; the batch alternates organ-centred and negative
-    crops. Each epoch is `steps_per_epoch` steps: the first is a linear warm-up, then cosine to 0 over
-    `config.max_epochs`. With `estimators` (one `QuerySizeEstimator` per query scan) and `S_ml`, from
-    epoch `config.ti_warmup` on, each epoch ends with the release's separate size-prior step on the mean
-    S_hat of the queries (one query: the release's own; several: the size prior over the query set).
-    `record_after` also records S_hat after each size-prior step (one more pass over the queries).
+    `sampler.sample(kind)` gives ``(features, label)``. With `heldout` entries (a left-out support), every
+    `config.eval_every` steps the adapter's Dice on them (`heldout_dice`, windows of `window`) is recorded;
+    the best state is kept and training stops after `config.patience` evaluations without improvement.
+    With `estimators` (one `QuerySizeEstimator` per query scan) and `S_ml`, from step `config.ti_warmup`
+    on, every `config.ti_every` steps the size prior takes its own optimiser step on the mean S_hat of the
+    queries. Returns the loss curve (per step), the held-out curve, the stop reason, the steps run and the
+    size-prior history; the adapter is left in the state that was kept, in eval mode.
     """
     import torch
 
     from edgeseg.train.losses import segmentation_loss
     from edgeseg.train.size_prior import ti_loss
 
+    steps, lr = int(config.steps), float(config.lr)
     opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    warm = max(1, int(round(config.warmup * steps)))
 
-    def lr_at(epoch: int, step: int) -> float:  # one linear warm-up epoch, then cosine to 0
-        if epoch == 0:
-            return lr * (step + 1) / steps_per_epoch
-        return 0.5 * lr * (1 + math.cos(math.pi * (epoch - 1) / max(1, config.max_epochs - 1)))
+    def lr_at(step: int) -> float:  # linear warm-up, then cosine to 0
+        if step < warm:
+            return lr * (step + 1) / warm
+        return 0.5 * lr * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
 
     estimators = list(estimators)
+    heldout = list(heldout)
     losses: list[float] = []
+    evals: list[dict] = []
     history: list[dict] = []
-    stopped = "max_epochs"
+    best: tuple[float, int, dict] | None = None
+    stopped = "step budget"
+    deadline = None if config.max_minutes is None else time.perf_counter() + 60.0 * config.max_minutes
+    rng = np.random.default_rng(config.seed + 1)
     adapter.train()
-    for epoch in range(config.max_epochs):
-        epoch_loss = 0.0
-        for step in range(steps_per_epoch):
-            for group in opt.param_groups:
-                group["lr"] = lr_at(epoch, step)
-            batch = [sampler.sample(positive=(i % 2 == 0)) for i in range(config.batch_size)]
-            feats = [torch.from_numpy(np.stack([b[0][k] for b in batch])) for k in range(len(batch[0][0]))]
-            target = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None]
-            logits = adapter(*feats)
-            loss = segmentation_loss(logits, target, config.loss)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            epoch_loss += float(loss.detach()) / steps_per_epoch
-        losses.append(epoch_loss)
-        if estimators and S_ml is not None and epoch >= config.ti_warmup:
+
+    def evaluate(step: int) -> bool:
+        """Record the held-out Dice; keep the best state; True when patience has run out."""
+        nonlocal best
+        adapter.eval()
+        d = heldout_dice(adapter, heldout, window)
+        adapter.train()
+        evals.append({"step": step, "dice": round(d, 4)})
+        if best is None or d > best[0]:
+            best = (d, step, copy.deepcopy(adapter.state_dict()))
+        return len(evals) - 1 - next(i for i, e in enumerate(evals) if e["step"] == best[1]) >= config.patience
+
+    step = 0
+    for step in range(1, steps + 1):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step - 1)
+        kinds = ["positive"] + [sampler.kind_of(float(rng.random()), config.neighbour_fraction, config.negative_fraction)
+                                for _ in range(config.batch_size - 1)]
+        batch = [sampler.sample(k) for k in kinds]
+        feats = [torch.from_numpy(np.stack([b[0][k] for b in batch])) for k in range(len(batch[0][0]))]
+        target = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None]
+        loss = segmentation_loss(adapter(*feats), target, config.loss)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if estimators and S_ml is not None and step >= int(config.ti_warmup or 0) and step % config.ti_every == 0:
             s_hat = sum(est(adapter) for est in estimators) / len(estimators)
             penalty = config.ti_lambda * ti_loss(s_hat, S_ml, config.ti_gamma)
             opt.zero_grad(set_to_none=True)
@@ -154,15 +289,25 @@ def fit_adapter(adapter, sampler, config: AdaptConfig, *, lr: float, steps_per_e
             if record_after:
                 with torch.no_grad():  # what this step did, recorded so it can be checked
                     after = sum(float(est.exact_ml(adapter)) for est in estimators) / len(estimators)
-            history.append({"epoch": epoch, "S_hat_ml": float(s_hat.detach()), "S_hat_after_ml": after,
+            history.append({"step": step, "S_hat_ml": float(s_hat.detach()), "S_hat_after_ml": after,
                             "loss": float(penalty.detach())})
         if progress:
-            progress(epoch + 1, config.max_epochs, epoch_loss)
-        if _plateaued(losses, config.smooth, config.patience):
-            stopped = f"plateau at epoch {epoch + 1}"
+            progress(step, steps, float(np.mean(losses[-20:])))
+        if heldout and (step % config.eval_every == 0 or step == steps) and evaluate(step):
+            stopped = f"held-out Dice not better for {config.patience} evaluations (best at step {best[1]})"
             break
+        if deadline is not None and time.perf_counter() > deadline and step < steps:
+            stopped = f"--max-minutes {config.max_minutes:g} reached after {step} of {steps} steps"
+            if heldout:
+                evaluate(step)
+                stopped += f"; kept the best held-out state (step {best[1]})"
+            break
+    if best is not None:
+        adapter.load_state_dict(best[2])
     adapter.eval()
-    return {"losses": losses, "stopped": stopped, "size_prior_history": history}
+    return {"losses": losses, "steps_run": step, "stopped": stopped, "heldout": evals,
+            "kept_step": best[1] if best is not None else step,
+            "heldout_dice": best[0] if best is not None else None, "size_prior_history": history}
 
 
 def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force: bool = False,
@@ -170,12 +315,15 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     """Train `config.adapter` on the cache in `cache_dir`; write the adapter folder `out`; return its manifest."""
     import torch
 
-    from edgeseg.adapters import CUT_OF, LR, build_adapter, count_trainable, resolve_kind
+    from edgeseg.adapters import CUT_OF, build_adapter, count_trainable
     from edgeseg.cache import open_cache
+    from edgeseg.runtime.host import idle_cores
     from edgeseg.runtime.manifest import MANIFEST_NAME, content_hash, read_manifest
     from edgeseg.train.size_prior import QuerySizeEstimator, target_size_ml
 
-    kind = resolve_kind(config.adapter)
+    config.check()
+    config = config.resolved()
+    kind = config.adapter
     out = Path(out)
     if (out / MANIFEST_NAME).exists() and not force:
         raise InputError("already holds an adapter", path=out, fix="pass --force to replace it, or choose another --out")
@@ -186,12 +334,10 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     if config.ti and not cache.queries:
         raise InputError("--ti needs a cached query scan (the unlabelled scan the size prior looks at)", path=cache_dir,
                          fix="rebuild the cache with --query SCAN")
-    if config.loss not in ("dice", "dice+bce"):
-        raise InputError(f"loss {config.loss!r} is not one of dice, dice+bce", fix="use --loss dice or dice+bce")
 
     torch.manual_seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    threads = config.threads or idle_cores()
+    torch.set_num_threads(threads)
     trunk_manifest = read_manifest(cache.trunk_dir, "trunk", verify_files=False)
     model_spec = trunk_manifest["model_spec"]
     class_names = model_spec["class_names"]
@@ -211,12 +357,11 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
                             class_index=class_index)
     init = {"block": "checkpoint decoder1" if kind == "ft-last" else ("identity" if kind == "spatial" else "random"),
             "head": f"pretrained head row {class_index} ({cache.organ})" if class_index is not None else "random"}
-    lr = config.lr if config.lr is not None else LR[kind]
+    train_entries, heldout = split_holdout(cache.supports, config)
     rng = np.random.default_rng(config.seed)
-    sampler = CropSampler(cache.supports, config.crop, rng, align=2 if cache.cut == "pre-decoder1" else 1)
-    n_cases = len({e.case_id for e in cache.supports})
-    crops_per_epoch = max(2, config.crops_per_case * n_cases)
-    steps_per_epoch = math.ceil(crops_per_epoch / config.batch_size)
+    sampler = CropSampler(train_entries, config.crop, rng, align=2 if cache.cut == "pre-decoder1" else 1)
+    if heldout:
+        log(f"support {heldout[0].case_id} left out to pick the kept state (K = {len({e.case_id for e in cache.supports})})")
 
     size_prior = None
     if config.ti:
@@ -229,26 +374,30 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
         log(f"size prior: target S = {estimate.S_ml:.1f} mL from {len(estimate.kept)} support(s)")
 
     t0 = time.perf_counter()
-    fit = fit_adapter(adapter, sampler, config, lr=lr, steps_per_epoch=steps_per_epoch,
+    fit = fit_adapter(adapter, sampler, config, heldout=heldout, window=tuple(cache.spec.window),
                       estimators=[estimator] if size_prior is not None else [],
                       S_ml=size_prior["S_ml"] if size_prior is not None else None, progress=progress)
     losses, stopped = fit["losses"], fit["stopped"]
     if size_prior is not None:
         size_prior["history"] = fit["size_prior_history"]
     wall = time.perf_counter() - t0
-    adapter.eval()
-    log(f"trained {kind} ({count_trainable(adapter):,} parameters) for {len(losses)} epochs in {wall:.1f} s; "
-        f"final loss {losses[-1]:.4f}; stop: {stopped}")
+    log(f"trained {kind} ({count_trainable(adapter):,} parameters) for {fit['steps_run']} steps in {wall:.1f} s on "
+        f"{threads} thread(s); kept step {fit['kept_step']}"
+        + (f" (held-out Dice {fit['heldout_dice']:.3f})" if fit["heldout_dice"] is not None else "")
+        + f"; stop: {stopped}")
 
     from edgeseg.export.adapter import save_adapter
 
+    k = max(1, len(losses) // 200)  # the curve, thinned to at most ~200 points
     body = {
         "adapter": kind, "organ": cache.organ, "cut": cache.cut, "init": init, "trainable_params": count_trainable(adapter),
-        "feature_size": model_spec["feature_size"], "config": {**config.to_dict(), "lr": lr},
+        "feature_size": model_spec["feature_size"], "config": {**config.to_dict(), "threads": threads},
         "cache": {"path": str(Path(cache_dir).resolve()), "manifest_sha256": content_hash(cache.manifest)},
         "trunk_manifest_sha256": cache.trunk_manifest_hash,
-        "loss_curve": [round(v, 6) for v in losses], "epochs": len(losses), "stopped": stopped,
-        "wall_seconds": round(wall, 2), "peak_rss_gib": peak_rss_gib(), "size_prior": size_prior,
+        "loss_curve": [round(float(np.mean(losses[i:i + k])), 6) for i in range(0, len(losses), k)],
+        "loss_curve_every": k, "steps": fit["steps_run"], "kept_step": fit["kept_step"], "stopped": stopped,
+        "heldout": {"case": heldout[0].case_id, "dice": fit["heldout_dice"], "curve": fit["heldout"]} if heldout else None,
+        "wall_seconds": round(wall, 2), "threads": threads, "peak_rss_gib": peak_rss_gib(), "size_prior": size_prior,
         "io": {"inputs": list(trunk_manifest["io"]["outputs"]), "output": "logits"},
     }
     return save_adapter(adapter, out, body, force=force)

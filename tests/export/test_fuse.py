@@ -23,7 +23,7 @@ def _quiet(msg: str) -> None:
 
 @pytest.fixture(scope="module")
 def adapters(trunk5, phantoms5, tmp_path_factory):
-    """A spatial liver adapter and an lp spleen adapter on trunk5 (two quick epochs each)."""
+    """A spatial liver adapter and an lp spleen adapter on trunk5 (a dozen quick steps each)."""
     support, query = phantoms5
     root = tmp_path_factory.mktemp("fuse-adapters")
     out = {}
@@ -32,7 +32,7 @@ def adapters(trunk5, phantoms5, tmp_path_factory):
         build_cache(trunk5, support, organ, cache, k=1, seed=0, query=[query], backend="ort", threads=2, context=0,
                     log=_quiet)
         out[organ] = root / organ
-        adapt(cache, out[organ], AdaptConfig(adapter=kind, max_epochs=2, crop=32, seed=0, threads=1))
+        adapt(cache, out[organ], AdaptConfig(adapter=kind, steps=12, crop=32, seed=0, threads=1))
     return out
 
 

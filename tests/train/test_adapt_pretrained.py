@@ -1,6 +1,6 @@
 """Few-shot adaptation on the shipped phantom foundation model: from K = 2 supports, the linear probe and the
-spatial adapter segment a held-out liver with Dice >= 0.8 within a few hundred steps (the issue's bar,
-which a random-weight trunk cannot reach: see test_adapt.py)."""
+spatial adapter, with `edgeseg adapt`'s defaults (a few hundred steps), segment a held-out liver with
+Dice >= 0.8 (a bar which a random-weight trunk cannot reach: see test_adapt.py)."""
 
 from __future__ import annotations
 
@@ -58,12 +58,12 @@ def _predict(adapter_dir, features) -> np.ndarray:
     return logits[0, 0] > 0
 
 
-@pytest.mark.parametrize("kind,lr", [("lp", 1e-2), ("spatial", 1e-3)])
-def test_adapter_on_the_pretrained_trunk_reaches_dice_0_8_on_a_held_out_liver(kind, lr, liver_setup, tmp_path):
+@pytest.mark.parametrize("kind", ["lp", "spatial"])
+def test_adapter_on_the_pretrained_trunk_reaches_dice_0_8_on_a_held_out_liver(kind, liver_setup, tmp_path):
     cache, features, liver = liver_setup
-    m = adapt(cache, tmp_path / kind, AdaptConfig(adapter=kind, lr=lr, max_epochs=50, crop=32, seed=0, threads=2))
-    steps = m["epochs"] * 6  # 6 crops per support per epoch, K = 2, batch 2
+    m = adapt(cache, tmp_path / kind, AdaptConfig(adapter=kind, seed=0, threads=2))  # the defaults
+    steps = m["steps"]
     dice = dice_score(_predict(tmp_path / kind, features), liver)
     print(f"{kind}: held-out liver Dice {dice:.3f} after {steps} steps ({m['wall_seconds']} s)")
     assert dice >= 0.8, dice
-    assert steps <= 300 and m["init"]["head"].startswith("pretrained head row 0 (liver)")
+    assert steps <= 400 and m["init"]["head"].startswith("pretrained head row 0 (liver)")

@@ -9,15 +9,20 @@ import pytest
 import torch
 
 from edgeseg.assets import DEFAULT_MODEL, DEFAULT_MODEL_CARD
+from edgeseg.runtime.errors import InputError
 from edgeseg.train.pretrain import (
     BASE_ORGANS,
     NOVEL_ORGANS,
     REPORT_NAME,
+    STATE_NAME,
+    CropSampler,
     PreparedCase,
     PretrainConfig,
+    augment_intensity,
     dice_per_organ,
     model_card,
     multilabel_loss,
+    pretrain,
     sample_crop,
 )
 
@@ -48,13 +53,52 @@ def test_multilabel_loss_weighs_each_organ_alike_and_is_low_for_a_right_answer()
     right = (target * 2 - 1) * 20
     wrong_small = right.clone()
     wrong_small[0, 1] = -20  # misses the small organ only
-    assert multilabel_loss(right, target) < 0.35  # empty channel 2 adds nothing: smoothed Dice 1
-    # missing the one-voxel organ costs a third of a channel-mean Dice (smoothed: 0.5 / 3), where a Dice
-    # pooled over channels would hardly notice it
+    assert multilabel_loss(right, target) < 0.05  # empty channel 2 has no Dice term
+    # missing the one-voxel organ costs half of the mean Dice over the two present channels (smoothed:
+    # 0.5 / 2), where a Dice pooled over channels would hardly notice it
     from edgeseg.train.losses import soft_dice_loss
 
     assert multilabel_loss(wrong_small, target) > 0.15
     assert soft_dice_loss(wrong_small, target) < 0.01
+
+
+def test_a_channel_absent_from_the_batch_gets_bce_but_no_dice_term():
+    target = torch.zeros(1, 2, 8, 8, 8)
+    target[0, 0, :4] = 1
+    logits = (target * 2 - 1) * 20
+    silent, loud = logits.clone(), logits.clone()
+    silent[0, 1], loud[0, 1] = -3.0, 3.0
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    # the present channel's Dice is ~0; what is left is exactly BCE on every channel
+    for x in (silent, loud):
+        assert float(multilabel_loss(x, target)) == pytest.approx(float(bce(x, target)), abs=1e-3)
+    assert multilabel_loss(loud, target) > multilabel_loss(silent, target)  # BCE still teaches silence
+
+
+def test_organ_first_sampling_gives_a_rare_organ_its_share_of_crops():
+    common = np.zeros((40, 40, 40), np.uint8)
+    common[5:35, 5:35, 5:35] = BASE_ORGANS.index("liver") + 1
+    rare = common.copy()
+    rare[18:20, 18:20, 18:20] = BASE_ORGANS.index("gallbladder") + 1  # 8 voxels, in one case of four
+    img = np.full((40, 40, 40), 0.5, np.float32)
+    cases = [PreparedCase(f"c{i}", "source", img, lab, (3.0,) * 3, {}) for i, lab in enumerate([common] * 3 + [rare])]
+    sampler, rng = CropSampler(cases, 32, fg_fraction=1.0), np.random.default_rng(0)
+    hits = [cases[ci].label[c] for ci, c in (sampler.centre(rng) for _ in range(400))]
+    share = hits.count(BASE_ORGANS.index("gallbladder") + 1) / len(hits)
+    assert 0.4 < share < 0.6  # two organs present in the data: each about half the organ-centred crops
+
+
+def test_intensity_augmentation_shifts_tissue_but_leaves_the_floor_and_the_range():
+    rng = np.random.default_rng(0)
+    image = np.zeros((16, 16, 16), np.float32)
+    image[4:12] = 0.5
+    outs = [augment_intensity(image, rng) for _ in range(20)]
+    for out in outs:
+        assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+        assert (out[image == 0] == 0).all()  # air stays at the HU window's floor
+    means = [float(o[4:12].mean()) for o in outs]
+    assert max(means) - min(means) > 0.05 and (image == outs[0]).sum() < image.size  # gain/offset/noise vary
+    assert np.array_equal(augment_intensity(image, np.random.default_rng(1)), augment_intensity(image, np.random.default_rng(1)))
 
 
 def test_dice_per_organ_skips_absent_organs():
@@ -96,13 +140,48 @@ def test_model_card_is_rendered_from_the_report():
         "loss_curve": [1.0, 0.5], "timings": {"data_seconds": 1, "train_seconds": 2, "validation_seconds": 3,
                                                "total_seconds": 60},
         "host": {"cpu": "X"}, "threads": 2, "torch": "t", "peak_rss_gib": 1.0,
+        "runs": [{"run": 1, "from_step": 0, "to_step": 2, "started": "T", "wall_seconds": 60.0, "cpu_seconds": 90.0,
+                  "threads": 2, "host": {"cpu": "X", "cores": 2}}],
+        "total_wall_seconds": 60.0, "total_cpu_seconds": 7200.0,
         "validation_dice": {"source": {"per_organ": {o: 0.5 for o in BASE_ORGANS}, "mean": 0.5},
                             "target": {"per_organ": {o: (None if o == "urinary_bladder" else 0.25) for o in BASE_ORGANS},
                                        "mean": 0.25}},
     }
     card = model_card(report)
     assert "| liver | 0.500 | 0.250 |" in card and "| urinary_bladder | 0.500 | - |" in card
-    assert "not for clinical use" in card and "gallbladder" in card and "total 1.0 min" in card
+    assert "not for clinical use" in card and "inferior_vena_cava" in card
+    assert "Runs: 1, 1.0 min wall and 2.00 CPU hours in all" in card and "run 1: steps 0-2" in card
+    assert "Below the 0.85 aim on source validation: " + ", ".join(f"{o} 0.50" for o in BASE_ORGANS) in card
+
+
+_TINY = dict(window=64, spacing=8.0, n_train=2, n_val=1, gen_max_voxels=200_000, warmup=2, save_every=2, threads=1)
+
+
+def test_pretraining_resumes_from_its_state_and_records_every_run(tmp_path):
+    from safetensors.numpy import load_file
+
+    whole = pretrain(tmp_path / "whole", PretrainConfig(steps=4, **_TINY))
+    assert whole["finished"] and len(whole["runs"]) == 1 and whole["runs"][0]["to_step"] == 4
+    split = tmp_path / "split"
+    paused = pretrain(split, PretrainConfig(steps=4, **_TINY), max_minutes=0.0)
+    assert paused == {**paused, "finished": False, "step": 2, "steps": 4} and (split / STATE_NAME).exists()
+    assert not (split / "phantom-swinunetr.safetensors").exists()
+    with pytest.raises(InputError, match="unfinished pretraining state"):
+        pretrain(split, PretrainConfig(steps=4, **_TINY))
+    with pytest.raises(InputError, match="another training schedule: lr 0.002 there, 0.001 now"):
+        pretrain(split, PretrainConfig(steps=4, **{**_TINY, "lr": 1e-3}), resume=True)
+    done = pretrain(split, PretrainConfig(steps=4, **{**_TINY, "threads": 2}), resume=True)  # threads may differ
+    assert [(r["from_step"], r["to_step"]) for r in done["runs"]] == [(0, 2), (2, 4)]
+    assert done["total_cpu_seconds"] == pytest.approx(sum(r["cpu_seconds"] for r in done["runs"]), abs=0.2)
+    assert done["loss_curve"][:2] == whole["loss_curve"][:2] and len(done["loss_curve"]) == 4
+    a = load_file(str(tmp_path / "whole" / "phantom-swinunetr.safetensors"))
+    b = load_file(str(split / "phantom-swinunetr.safetensors"))
+    for key in a:  # the same schedule: equal up to the bfloat16 moments of the saved state (and fp16 weights)
+        np.testing.assert_allclose(a[key].astype(np.float32), b[key].astype(np.float32), atol=2e-3)
+    card = (split / "MODEL_CARD.md").read_text()
+    assert "Runs: 2" in card and "run 2: steps 2-4" in card
+    with pytest.raises(InputError, match="no pretraining state to resume from"):
+        pretrain(tmp_path / "empty", PretrainConfig(steps=4, **_TINY), resume=True)
 
 
 def test_the_shipped_model_is_small_loads_and_matches_its_card():
