@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from edgeseg.bench.machine import cpu_tag as machine_tag  # noqa: F401  (one naming scheme for every result)
+from edgeseg.runtime.atomic import write_text_atomic
 from edgeseg.runtime.host import peak_rss_gib  # noqa: F401  (re-exported for the scripts)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,5 +17,4 @@ def write_result(name: str, result: dict, *, machine: str | None = None, indent:
     """Write `result` as benchmarks/results/<machine>/<name>.json (machine: this CPU's tag by default)."""
     dest = RESULTS / (machine or machine_tag()) / f"{name}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(result, indent=indent) + "\n")
-    return dest
+    return write_text_atomic(dest, json.dumps(result, indent=indent) + "\n", force=True)  # never through a link

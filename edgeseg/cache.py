@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from edgeseg.runtime.atomic import fsync_dir, write_text_atomic
+from edgeseg.runtime.atomic import fsync_dir, refuse_link, unlink_own, write_text_atomic
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.lock import LOCK_NAME, locks_output
 
@@ -452,7 +452,8 @@ def _recorded_trunk(out: Path) -> dict | None:
 def _wipe(out: Path) -> None:
     """Remove what a cache build writes in `out` (and nothing else)."""
     for name in ("manifest.json", PLAN_NAME):
-        (out / name).unlink(missing_ok=True)
+        unlink_own(out / name)
+    refuse_link(out / CASES_DIR, doing="deletes")
     if (out / CASES_DIR).exists():
         shutil.rmtree(out / CASES_DIR)
 
@@ -559,12 +560,14 @@ def build_cache(trunk_dir, data: str | Path, organ: str, out: str | Path, *, k: 
         if force and out.exists():
             _wipe(out)
         cases_dir = out / CASES_DIR
+        refuse_link(cases_dir)
         cases_dir.mkdir(parents=True, exist_ok=True)
         if not resuming:
             write_text_atomic(out / PLAN_NAME, json.dumps({"kind": "feature-cache-plan", "trunk": {
                 "folder": trunk_folder, "manifest_sha256": trunk_hash}, "plan": plan}, indent=1) + "\n", force=True)
             fsync_dir(out)
         for leftover in cases_dir.glob(f".*{PARTIAL_SUFFIX}"):
+            refuse_link(leftover, doing="deletes")
             log(f"removing the unfinished case {leftover.name} left by an interrupted run")
             shutil.rmtree(leftover)
         metas: dict[str, dict] = {}
@@ -572,6 +575,8 @@ def build_cache(trunk_dir, data: str | Path, organ: str, out: str | Path, *, k: 
         s = {**settings, "organ": drawn["organ"]}
         for n, item in enumerate(items):
             final = cases_dir / item.id
+            refuse_link(final)
+            refuse_link(cases_dir / f".{item.id}{PARTIAL_SUFFIX}")
             if final.exists():
                 if _case_complete(final):
                     metas[item.id] = json.loads((final / "meta.json").read_text())

@@ -142,6 +142,7 @@ def phantom(
 
 
 def _write_phantom_preview(case_dir: Path, *, force: bool) -> Path:
+    from edgeseg.runtime.atomic import unlink_own
     from edgeseg.runtime.nifti import load_scan
     from edgeseg.runtime.png import preview, write_png
 
@@ -149,7 +150,7 @@ def _write_phantom_preview(case_dir: Path, *, force: bool) -> Path:
     masks = {p.name.split(".")[0]: load_scan(p, label=True).data > 0 for p in sorted((case_dir / "segmentations").glob("*.nii.gz"))}
     target = case_dir / "preview.png"
     if target.exists() and force:
-        target.unlink()
+        unlink_own(target)
     return write_png(target, preview(ct.data, ct.affine, masks))
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from edgeseg.runtime.atomic import atomic_path, refuse_link, write_small_text, write_text_atomic
 from edgeseg.runtime.errors import InputError
 
 METHODS: tuple[str, ...] = (
@@ -203,6 +205,7 @@ def prepare_cases(out: Path, config: FewshotConfig, model, spec, *, progress=Non
     if config.domain not in DOMAINS:
         raise InputError(f"domain {config.domain!r} is not one of {sorted(DOMAINS)}", fix="use target or source")
     root = out / FEATURES_DIR
+    refuse_link(root)
     root.mkdir(parents=True, exist_ok=True)
     taps = _Taps(model)
     window = tuple(spec.preprocess.window)
@@ -224,7 +227,11 @@ def prepare_cases(out: Path, config: FewshotConfig, model, spec, *, progress=Non
             labels = _pad_to(labels, shape, 0)
             outs = sliding_window(image[None], window, taps, overlap=config.overlap, align=2, out_dtype=np.float16)
             partial = folder.with_name(cid + ".partial")
-            partial.mkdir(parents=True, exist_ok=True)
+            refuse_link(partial)
+            refuse_link(folder, doing="replaces a folder")
+            if partial.exists():
+                shutil.rmtree(partial)  # left by a killed run: written again from the start
+            partial.mkdir(parents=True)
             np.save(partial / "image.npy", image.astype(np.float16))
             np.save(partial / "labels.npy", labels)
             for name, arr in zip(_TAPS, outs):
@@ -235,8 +242,6 @@ def prepare_cases(out: Path, config: FewshotConfig, model, spec, *, progress=Non
                                                           "spacing_native": case.meta.get("spacing"),
                                                           "volumes_ml": vols}))
             if folder.exists():
-                import shutil
-
                 shutil.rmtree(folder)
             partial.rename(folder)  # a case is complete only once renamed
         index[cid] = json.loads(info_path.read_text())
@@ -433,8 +438,10 @@ def run_protocol(checkpoint: str | Path, out: str | Path, config: FewshotConfig 
     if stamp.exists() and json.loads(stamp.read_text()) != data_settings:
         raise InputError("holds features made under other settings or by another model", path=out / FEATURES_DIR,
                          fix="choose another --out, or delete that folder to recompute")
+    for name in (FEATURES_DIR, RUNS_NAME, "results.json", "table.md", "dsc_vs_k.png"):
+        refuse_link(out / name)  # before any work: never write through a link someone planted
     (out / FEATURES_DIR).mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(data_settings))
+    write_text_atomic(stamp, json.dumps(data_settings), force=True)
     t0 = time.perf_counter()
     index = prepare_cases(out, config, pretrained, spec, progress=(lambda d, n: progress("features", d, n)) if progress else None,
                           log=log)
@@ -462,9 +469,8 @@ def run_protocol(checkpoint: str | Path, out: str | Path, config: FewshotConfig 
             rec = {**item, **result, "settings": settings}
             if "dsc_per_query" in result:
                 rec["dsc"] = round(float(np.mean(result["dsc_per_query"])), 4)
-            with open(runs_path, "a") as fh:  # one line per finished run: a kill loses at most the run in flight
-                fh.write(json.dumps(rec) + "\n")
-                fh.flush()
+            # one line per finished run: a kill loses at most the run in flight
+            write_small_text(runs_path, json.dumps(rec) + "\n", append=True)
             done[item["key"]] = rec
         if progress:
             progress("runs", i + 1, len(plan))
@@ -473,8 +479,6 @@ def run_protocol(checkpoint: str | Path, out: str | Path, config: FewshotConfig 
     summary["host"] = host_description()
     summary["torch"] = torch.__version__
     summary["threads"] = torch.get_num_threads()
-    from edgeseg.runtime.atomic import write_text_atomic
-
     write_text_atomic(out / "results.json", json.dumps(summary, indent=1) + "\n", force=True)
     write_text_atomic(out / "table.md", render_table(summary), force=True)
     plot_dsc_vs_k(summary, out / "dsc_vs_k.png")
@@ -572,8 +576,7 @@ def plot_dsc_vs_k(summary: dict, path: Path) -> Path | None:
     ax.legend(fontsize=8, ncol=2)
     ax.set_title(f"Few-shot on {cfg['domain']}-domain phantoms")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(path, force=True) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
-    tmp.replace(path)
     return path

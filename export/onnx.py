@@ -40,6 +40,7 @@ from pathlib import Path
 import onnx
 
 from edgeseg.model.spec import CUTS
+from edgeseg.runtime.atomic import refuse_link, unlink_own
 from edgeseg.runtime.errors import InputError
 
 __all__ = [
@@ -360,6 +361,8 @@ def save_ir_model(model, out_path: str | Path, *, force: bool = False,
     _check_target(out_path, force)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     data_final = data_path_for(out_path)
+    for p in (out_path, data_final):
+        refuse_link(p, doing="replaces a file")
     total = sum(v.const_value.nbytes for v in model.graph.initializers.values() if v.const_value is not None)
     external = total > external_data_threshold
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent))
@@ -381,7 +384,7 @@ def save_ir_model(model, out_path: str | Path, *, force: bool = False,
             os.replace(tmp_data, data_final)
         os.replace(tmp_graph, out_path)  # the graph last: it is what makes the pair look complete
         if not external and data_final.exists():
-            data_final.unlink()
+            unlink_own(data_final)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return data_final if external else None

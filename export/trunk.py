@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgeseg.export.parity import ParityReport, compare
-from edgeseg.runtime.atomic import write_text_atomic
+from edgeseg.runtime.atomic import unlink_own, write_text_atomic
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.lock import locks_output
 from edgeseg.runtime.manifest import MANIFEST_NAME, sha256_file, write_manifest
@@ -198,7 +198,7 @@ def export_trunk(
         files += these
     if "fp32" not in precisions:  # the fp32 graph was only the source of the fp16 one
         for f in fp32_files:
-            f.unlink()
+            unlink_own(f)
 
     engines = {}
     if tensorrt:

@@ -1,4 +1,4 @@
-"""Write files so that a killed run never leaves one that looks complete.
+"""Write files so that a killed run never leaves one that looks complete, and never through a link.
 
 Write to a temporary name in the same folder, fsync, then rename over the target (and fsync the
 folder, so the rename itself survives a power cut). A failure or Ctrl-C inside the block removes
@@ -6,11 +6,18 @@ the temporary file and leaves the target as it was; a full disk or a folder with
 permission becomes a clean `ResourceError` / `InputError` naming the target. Temporaries left by
 a run that was killed outright (SIGKILL, power cut) are hidden (`.<name>.<random>.tmp<suffix>`)
 and removed by `remove_stale_temporaries` when the writer resumes.
+
+Symbolic links: a name edgeseg creates, truncates, renames over or deletes is never followed. Anyone
+who can write into a shared output folder could otherwise plant `OUT/.edgeseg.lock -> ~/victim` and
+make the next run overwrite the victim. `refuse_link` stops such a run with exit 2 naming the link;
+`open_new` opens with O_NOFOLLOW so the check cannot be raced; `unlink_own` deletes only files, never
+a link someone else put there.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
@@ -29,6 +36,7 @@ def atomic_path(target: str | Path, *, force: bool = False) -> Iterator[Path]:
     infer the format from the name (nibabel) do the right thing.
     """
     target = Path(target)
+    refuse_link(target, doing="replaces a file")
     if target.exists() and not force:
         raise InputError(
             "already exists; refusing to overwrite it", path=target, fix="pass --force to overwrite, or choose another output"
@@ -54,6 +62,45 @@ def atomic_path(target: str | Path, *, force: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def refuse_link(path: str | Path, *, doing: str = "writes") -> None:
+    """Refuse (InputError, exit 2) when `path` is a symbolic link: edgeseg never follows one at a name it manages."""
+    p = Path(path)
+    if p.is_symlink():
+        try:
+            to = os.readlink(p)
+        except OSError:
+            to = "?"
+        raise InputError(f"is a symbolic link (to {to}); edgeseg never {doing} through a link at a name it manages",
+                         path=p, fix="remove or rename the link (it may be someone else's trap), or choose another --out")
+
+
+def open_new(path: str | Path, *, append: bool = False) -> int:
+    """A file descriptor for writing `path` (created, truncated unless `append`), never through a link."""
+    p = Path(path)
+    refuse_link(p)
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | (os.O_APPEND if append else os.O_TRUNC)
+    try:
+        return os.open(p, flags, 0o666)
+    except OSError as e:
+        if e.errno == errno.ELOOP:  # became a link between the check and the open
+            refuse_link(p)
+        raise
+
+
+def write_small_text(path: str | Path, text: str, *, append: bool = False) -> None:
+    """Write (or append) a small text file in place, never through a link (for markers and logs)."""
+    fd = open_new(path, append=append)
+    with os.fdopen(fd, "a" if append else "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+
+
+def unlink_own(path: str | Path, *, missing_ok: bool = True) -> None:
+    """Delete a file edgeseg wrote; a symbolic link at that name is refused, not deleted."""
+    refuse_link(path, doing="deletes")
+    Path(path).unlink(missing_ok=missing_ok)
 
 
 def _reraise(e: OSError, target: Path) -> None:
@@ -89,6 +136,8 @@ def remove_stale_temporaries(targets) -> list[Path]:
     removed = []
     for target in targets:
         for tmp in temporaries_of(target):
+            if tmp.is_symlink():
+                continue  # not a temporary edgeseg made: never delete it
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import functools
 import inspect
 import json
@@ -25,6 +26,7 @@ import socket
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
+from edgeseg.runtime.atomic import refuse_link
 from edgeseg.runtime.errors import InputError, user_facing_os_errors
 
 __all__ = ["LOCK_NAME", "locks_output", "output_lock", "read_holder"]
@@ -85,6 +87,7 @@ def output_lock(folder: str | Path, command: str = "edgeseg") -> Iterator[Path]:
     with user_facing_os_errors(folder, doing="creating the output folder"):
         folder.mkdir(parents=True, exist_ok=True)
     lock_path = folder / LOCK_NAME
+    refuse_link(lock_path)
     fd = None
     try:
         with user_facing_os_errors(lock_path, doing="creating the lock file"):
@@ -97,11 +100,11 @@ def output_lock(folder: str | Path, command: str = "edgeseg") -> Iterator[Path]:
             yield folder
     finally:
         if fd is not None:
-            if _UNLINK_WHILE_OPEN:
+            if _UNLINK_WHILE_OPEN and _is_our_file(fd, lock_path):
                 with contextlib.suppress(OSError):
                     lock_path.unlink()  # still held: nobody can take a lock on this file in between
             os.close(fd)  # releases the lock
-            if not _UNLINK_WHILE_OPEN:
+            if not _UNLINK_WHILE_OPEN and not lock_path.is_symlink():
                 with contextlib.suppress(OSError):
                     lock_path.unlink()
         for d in created:
@@ -111,9 +114,21 @@ def output_lock(folder: str | Path, command: str = "edgeseg") -> Iterator[Path]:
                 break
 
 
+def _is_our_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.lstat(path))
+    except OSError:
+        return False
+
+
 def _acquire(lock_path: Path, folder: Path) -> int:
     for _ in range(20):
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:  # O_NOFOLLOW: a link planted at the lock's name is refused, never opened (and truncated)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                refuse_link(lock_path)
+            raise
         if not _try_lock(fd):
             os.close(fd)
             raise InputError(

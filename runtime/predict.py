@@ -28,7 +28,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from edgeseg.runtime.atomic import remove_stale_temporaries, write_text_atomic
+from edgeseg.runtime.atomic import (refuse_link, remove_stale_temporaries, unlink_own, write_small_text,
+                                    write_text_atomic)
 from edgeseg.runtime.errors import InputError, ResourceError, user_facing_os_errors
 from edgeseg.runtime.host import available_memory_bytes, current_rss_gib, peak_rss_gib
 from edgeseg.runtime.lock import output_lock
@@ -250,7 +251,8 @@ def _clean_up_case(paths: Sequence[Path]) -> None:
     """Remove a failed attempt's files, best effort (the error that stopped the case is what gets reported)."""
     for p in paths:
         try:
-            p.unlink(missing_ok=True)
+            if not p.is_symlink():  # a link at one of our names is not ours to delete
+                p.unlink(missing_ok=True)
         except OSError:
             pass
 
@@ -263,6 +265,8 @@ def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str 
     """
     case = case or case_names([path])[0]
     report_path, marker = out / f"{case}.json", out / f"{case}.partial"
+    for p in (marker, report_path, *(out / n for n in outputs_for(case, engine.organs, opts))):
+        refuse_link(p)  # before anything is read or written: never through a link someone planted
     mine = marker.exists()
     force = opts.force or mine  # a marker means an edgeseg run began this case: its files are ours to redo
     names = outputs_for(case, engine.organs, opts)
@@ -275,10 +279,10 @@ def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str 
     written: list[Path] = []
     with user_facing_os_errors(marker, doing="writing the case marker"):
         out.mkdir(parents=True, exist_ok=True)
-        marker.write_text("edgeseg predict started this case; it is incomplete until its report exists\n")
+        write_small_text(marker, "edgeseg predict started this case; it is incomplete until its report exists\n")
     try:
         remove_stale_temporaries([out / n for n in names] + [report_path])  # what a killed run left
-        report_path.unlink(missing_ok=True)  # a redone case is not complete until its new report exists
+        unlink_own(report_path)  # a redone case is not complete until its new report exists
         report = _run_case(engine, path, out, opts, case, force, written, memory,
                            None if prefetched is None else prefetched[1])
         write_text_atomic(report_path, json.dumps(report, indent=2) + "\n", force=True)
@@ -287,7 +291,7 @@ def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str 
         # begun the case, what that one left), then the marker. A user's file it did not overwrite stays.
         _clean_up_case([*written, *([out / n for n in names] if mine else []), marker])
         raise
-    marker.unlink()
+    unlink_own(marker)
     return report
 
 

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeseg.runtime.atomic import write_text_atomic
+from edgeseg.runtime.atomic import atomic_path, write_text_atomic
 
 
 def _num(v: Any, fmt: str = ".2f", empty: str = "") -> str:
@@ -248,7 +248,8 @@ def plot_windows(result: dict, path: Path) -> None:
     fig.suptitle(f"{result['benchmark']} fs{a.get('feature_size')} {a.get('cut')} "
                  f"{'x'.join(map(str, a['window']))} on {result['machine']}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, force=True) as tmp:  # never through a link at the plot's name
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -290,7 +291,8 @@ def plot_scan(result: dict, path: Path) -> None:
     ax.legend(fontsize=8, loc="upper left")
     fig.suptitle(f"end to end per scan on {result['machine']} (backend {result['settings']['backend']})", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, force=True) as tmp:  # never through a link at the plot's name
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -311,7 +313,8 @@ def plot_adapt(result: dict, path: Path) -> None:
     fig.suptitle(f"adaptation, feature_size {result['feature_size']}, device {result['device']}, {result['machine']}",
                  fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_path(path, force=True) as tmp:  # never through a link at the plot's name
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
 
 

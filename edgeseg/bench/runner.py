@@ -19,6 +19,8 @@ import threading
 import time
 from pathlib import Path
 
+from edgeseg.runtime.atomic import refuse_link, unlink_own, write_small_text
+
 
 class GpuMemorySampler:
     """Peak device memory in use (GiB, all GPUs summed) above the level at start, polled with nvidia-smi.
@@ -94,10 +96,12 @@ def run_job(job: dict, workdir: Path, name: str, *, gpu: bool = False, timeout: 
     workdir.mkdir(parents=True, exist_ok=True)
     job = dict(job, result=str(workdir / f"{name}.result.json"))
     job_path = workdir / f"{name}.job.json"
-    job_path.write_text(json.dumps(job, indent=2))
+    write_small_text(job_path, json.dumps(job, indent=2))  # never through a link in the work folder
     result_path = Path(job["result"])
-    result_path.unlink(missing_ok=True)
+    unlink_own(result_path)
     out_path, err_path = workdir / f"{name}.stdout.txt", workdir / f"{name}.stderr.txt"
+    for p in (out_path, err_path):
+        refuse_link(p)
     cmd = [sys.executable, "-m", "edgeseg.bench.worker", str(job_path)]
     t0 = time.perf_counter()
     sampler = GpuMemorySampler() if gpu else None

@@ -187,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     job = json.loads(Path(argv[0]).read_text())
     result = run(job)
-    Path(job["result"]).write_text(json.dumps(result, indent=2, default=str))
+    from edgeseg.runtime.atomic import write_text_atomic
+
+    write_text_atomic(Path(job["result"]), json.dumps(result, indent=2, default=str), force=True)
     return 0
 
 

@@ -347,8 +347,12 @@ def pretrain(out: str | Path, config: PretrainConfig = PretrainConfig(), *, forc
     from edgeseg.runtime.atomic import write_text_atomic
     from edgeseg.runtime.host import host_description, peak_rss_gib
 
+    from edgeseg.runtime.atomic import refuse_link
+
     out = Path(out)
     weights, state_path = out / WEIGHTS_NAME, out / STATE_NAME
+    for p in (weights, state_path, out / REPORT_NAME, out / CARD_NAME):
+        refuse_link(p)  # before any work: never write through a link someone planted
     if weights.exists() and not force:
         raise InputError("already holds pretrained weights", path=weights, fix="pass --force to replace them, or choose another --out")
     if resume and not state_path.exists():

@@ -1,0 +1,152 @@
+"""Does `edgeseg adapt`'s default recipe converge on this machine, how fast, in how much memory, to what Dice?
+
+    .venv/bin/python benchmarks/adapt_recipe.py                         # the stand-in (shipped model, fs 12)
+    .venv/bin/python benchmarks/adapt_recipe.py --feature-size 48       # a full-size trunk (random weights)
+
+What a hospital runs, stage by stage: K support phantoms from the TARGET scanner (patients the
+pretraining never saw) -> `edgeseg export` (the cut the adapter needs) -> `edgeseg cache` per organ ->
+`edgeseg adapt --adapter A` with its defaults, in its own process (so its peak RSS is its own and its
+wall time is what a user waits) -> Dice of the kept adapter on held-out phantoms, predicted on the
+trunk's features of the whole scan. Only the `adapt` process is timed. Feature size 48 has no
+pretrained weights that ship offline: its trunk is seeded random, so its Dice says only whether the
+recipe fits a random trunk's features, while time and memory are those of the real size.
+
+Writes benchmarks/results/<machine>/adapt_recipe[_fs48].json: `rows` of {adapter, organ, setting,
+feature_size, k, adapt_seconds, peak_rss_gib, steps, kept_step, stopped, heldout_dice (the left-out
+support), dice (mean over held-out phantoms), dice_per_case}. Run it alone: two cores shared with
+another job give other times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_tag, write_result  # noqa: E402
+
+
+def _checkpoint(feature_size: int, work: Path) -> Path:
+    from edgeseg.assets import DEFAULT_MODEL
+
+    if feature_size == 12:
+        return DEFAULT_MODEL
+    import torch
+
+    from edgeseg.model.checkpoint import file_spec, save_checkpoint
+    from edgeseg.model.spec import ModelSpec
+    from edgeseg.model.swinunetr import build_swinunetr
+
+    shipped = file_spec(DEFAULT_MODEL)
+    spec = ModelSpec(feature_size=feature_size, out_channels=shipped.out_channels, class_names=shipped.class_names)
+    torch.manual_seed(0)
+    return save_checkpoint(build_swinunetr(spec), spec, work / f"random-fs{feature_size}.safetensors", force=True)
+
+
+def _heldout_dice(trunk_dir: Path, adapter_dir: Path, heldout: list[Path], organ: str, threads: int) -> list[float]:
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from edgeseg.adapters import build_adapter
+    from edgeseg.runtime.manifest import read_manifest
+    from edgeseg.runtime.preprocess import PreprocessSpec, preprocess
+    from edgeseg.runtime.trunk import open_trunk
+    from edgeseg.train.adapt import predict_features
+    from edgeseg.train.losses import dice_score
+
+    m = read_manifest(adapter_dir, "adapter")
+    adapter = build_adapter(m["adapter"], feature_size=m["feature_size"])
+    adapter.load_state_dict(load_file(str(adapter_dir / "adapter.safetensors")))
+    adapter.eval()
+    torch.set_num_threads(threads)
+    spec = PreprocessSpec.from_dict(read_manifest(trunk_dir, "trunk", verify_files=False)["model_spec"]["preprocess"])
+    out = []
+    with open_trunk(trunk_dir, backend="ort", threads=threads) as trunk:
+        for case in heldout:
+            prepared = preprocess(case / "ct.nii.gz", spec, label=case / "segmentations" / f"{organ}.nii.gz")
+            feats = trunk.features(prepared.image[None], dtype=np.float32)
+            prob = predict_features(adapter, feats, spec.window)
+            out.append(round(dice_score(prob > 0.5, prepared.label > 0), 4))
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--feature-size", type=int, default=12)
+    ap.add_argument("--k", type=int, default=5)
+    ap.add_argument("--organs", default="kidney_left,inferior_vena_cava")
+    ap.add_argument("--adapters", default="lp,spatial,decoder-block")
+    ap.add_argument("--heldout", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/edgeseg-adapt-recipe"))
+    ap.add_argument("--name", default=None, help="result name (default adapt_recipe, adapt_recipe_fs48, ...)")
+    args = ap.parse_args()
+
+    from edgeseg.adapters import CUT_OF
+    from edgeseg.cache import build_cache
+    from edgeseg.data.phantom import TARGET, write_dataset
+    from edgeseg.demo import DEMO_DATA_SEED
+    from edgeseg.export.trunk import export_trunk
+    from edgeseg.model.checkpoint import file_spec
+    from edgeseg.runtime.host import host_description
+    from edgeseg.runtime.manifest import portable_path, sha256_file
+
+    work = args.work / f"fs{args.feature_size}"
+    work.mkdir(parents=True, exist_ok=True)
+    organs = [o for o in args.organs.split(",") if o]
+    adapters = [a for a in args.adapters.split(",") if a]
+    ckpt = _checkpoint(args.feature_size, work)
+    known = set(file_spec(ckpt).class_names)
+    support, heldout_dir = work / "support", work / "heldout"
+    if not support.exists():
+        write_dataset(support, args.k, DEMO_DATA_SEED, TARGET, z_range=(-200.0, 160.0), max_voxels=6_000_000)
+        write_dataset(heldout_dir, args.heldout, DEMO_DATA_SEED + 1000, TARGET, z_range=(-200.0, 160.0),
+                      max_voxels=6_000_000)
+    heldout = sorted(p for p in heldout_dir.iterdir() if p.is_dir())
+    rows = []
+    for cut in sorted({CUT_OF[a] for a in adapters}):
+        trunk = work / f"trunk-{cut}"
+        if not (trunk / "manifest.json").exists():
+            export_trunk(ckpt, trunk, cut=cut, precisions=("fp32",), max_batch=1, threads=args.threads, force=True)
+        for organ in organs:
+            cache = work / f"cache-{cut}-{organ}"
+            if not (cache / "manifest.json").exists():
+                build_cache(trunk, support, organ, cache, k=args.k, seed=0, backend="ort", threads=args.threads,
+                            force=True, log=lambda m: None)
+            for kind in (a for a in adapters if CUT_OF[a] == cut):
+                out = work / f"adapter-{kind}-{organ}"
+                t0 = time.perf_counter()
+                done = subprocess.run([sys.executable, "-m", "edgeseg", "adapt", "--cache", str(cache), "--adapter", kind,
+                                       "--out", str(out), "--threads", str(args.threads), "--force", "--json"],
+                                      capture_output=True, text=True, check=True)
+                wall = time.perf_counter() - t0
+                m = json.loads(done.stdout)
+                dice = _heldout_dice(trunk, out, heldout, organ, args.threads)
+                row = {"adapter": kind, "organ": organ,
+                       "setting": "A (pretrained class, other scanner)" if organ in known else "B (never labelled)",
+                       "feature_size": args.feature_size, "k": args.k, "adapt_seconds": m["wall_seconds"],
+                       "process_seconds": round(wall, 1), "peak_rss_gib": m["peak_rss_gib"], "threads": m["threads"],
+                       "steps": m["steps"], "kept_step": m["kept_step"], "stopped": m["stopped"],
+                       "heldout_dice": (m.get("heldout") or {}).get("dice"), "dice": round(sum(dice) / len(dice), 4),
+                       "dice_per_case": dice, "lr": m["config"]["lr"], "crop": m["config"]["crop"]}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    result = {"kind": "adapt_recipe", "machine": machine_tag(), "host": host_description(),
+              "checkpoint": {"path": portable_path(ckpt), "sha256": sha256_file(ckpt),
+                             "weights": "shipped stand-in" if args.feature_size == 12 else "seeded random (no offline weights)"},
+              "command": "python benchmarks/adapt_recipe.py " + " ".join(sys.argv[1:]),
+              "data": {"support_seed": DEMO_DATA_SEED, "heldout_seed": DEMO_DATA_SEED + 1000, "domain": "target",
+                       "heldout": [p.name for p in heldout]},
+              "rows": rows}
+    name = args.name or ("adapt_recipe" if args.feature_size == 12 else f"adapt_recipe_fs{args.feature_size}")
+    print(write_result(name, result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
