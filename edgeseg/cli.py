@@ -403,6 +403,9 @@ def predict(
     max_memory: Optional[float] = typer.Option(
         None, "--max-memory", help="Memory budget in GiB for the whole run (default: what is available now); "
                                    "a scan that needs more is refused with the number needed, before it is read."),
+    hu_check: bool = typer.Option(True, "--hu-check/--no-hu-check",
+                                  help="Refuse scans whose intensities cannot be Hounsfield units (no air, 0..255, a mask); "
+                                       "--no-hu-check for a scan you know is HU (a tight crop without air)."),
     force: bool = typer.Option(False, "--force", help="Redo cases that have a report and overwrite existing outputs."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -416,7 +419,7 @@ def predict(
 
         opts = PredictOptions(overlap=overlap, sw_batch=sw_batch, threshold=threshold, lcc=lcc, save_prob=save_prob,
                               preview=preview, force=force, volume=volume, max_memory_gib=max_memory,
-                              reuse_blank=reuse_blank, prefetch=prefetch)
+                              reuse_blank=reuse_blank, prefetch=prefetch, hu_check=hu_check)
         con = _console(stderr=as_json)
         with open_engine(engine, backend=backend, precision=precision, threads=threads) as eng:
             con.print(escape(f"engine {engine}: {', '.join(eng.organs)} on {eng.ran['backend']} {eng.ran['precision']} "

@@ -90,6 +90,57 @@ def select_volume(shape: tuple[int, ...], path: Path, volume: int | None) -> tup
     return tuple(dims), None  # type: ignore[return-value]
 
 
+def check_header(img, path: Path) -> None:
+    """Refuse header fields that nibabel would silently repair into a wrong geometry."""
+    try:  # nibabel's loaded header has zeros already replaced by 1: read the header as stored
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            raw = type(img.header).from_fileobj(fh, check=False)
+    except (OSError, EOFError, ValueError, zlib.error):
+        raw = img.header
+    dims = int(raw["dim"][0])
+    pixdim = np.asarray(raw["pixdim"][1:1 + min(3, dims)], dtype=np.float64)
+    if np.any(~np.isfinite(pixdim)) or np.any(pixdim == 0):
+        # nibabel reads a 0 as 1 mm: a liver of 2104 mL then measures 461 mL
+        raise InputError(f"header pixdim {tuple(float(v) for v in pixdim)} holds a zero or non-finite voxel size "
+                         "(nibabel would read it as 1 mm, and every volume and resampling would be wrong)", path=path,
+                         fix="repair the header's pixdim with the scanner's real spacing (or convert the scan again)")
+
+
+def check_hounsfield(data: np.ndarray, path: Path) -> None:
+    """Refuse intensities that cannot be CT Hounsfield units, saying what the scan looks like instead.
+
+    A CT holds air (-1000 HU) around the body or in the lungs and spans well over a thousand HU; a
+    scan that does not is stored values without their rescale, display values, a normalised image or a
+    mask, and would be segmented confidently and wrongly. Checked on a strided sample (fast).
+    """
+    flat = data.reshape(-1)
+    step = max(1, flat.size // 2_000_000)
+    sample = flat[::step]
+    mn, mx = float(sample.min()), float(sample.max())
+    distinct = np.unique(sample[: 1_000_000]).size
+    desc = f"intensities {mn:g} to {mx:g}, {distinct} distinct value(s) in a sample, stored as {data.dtype}"
+    problem = None
+    if distinct <= 2:
+        problem = f"holds only {distinct} distinct value(s) ({desc}): a mask or label map, not a CT"
+    elif mx - mn < 50:
+        problem = f"spans only {mx - mn:.3g} ({desc}): a normalised or mis-scaled image (a tiny scl_slope?), not HU"
+    elif mn > -200:
+        if mn >= 0 and mx <= 255:
+            problem = f"has no voxel below 0 ({desc}): 8-bit display values, not HU"
+        elif mn >= 0:
+            problem = (f"has no voxel below 0 ({desc}): stored values without their rescale (HU + 1024?); "
+                       "set the header's scl_slope 1 and scl_inter -1024, or convert the scan again")
+        else:
+            problem = f"has no voxel below -200 HU ({desc}): a CT holds air (-1000 HU) around the body"
+    elif mn < -32768 or mx > 65535:
+        problem = f"values beyond any CT range ({desc}): a wrong scl_slope or data type"
+    if problem:
+        raise InputError(f"does not look like a CT in Hounsfield units: {problem}", path=path,
+                         fix="convert the scan to HU (dcm2niix keeps the rescale), or pass --no-hu-check if you know "
+                             "it is HU (a tight crop without air)")
+
+
 def check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
     """The affine as float64, refused when it holds NaN/Inf or an implausible voxel spacing."""
     affine = np.asarray(affine, dtype=np.float64)
@@ -106,17 +157,20 @@ def scan_geometry(path: str | Path, *, volume: int | None = None) -> tuple[tuple
     """(3D shape, affine) from the header alone, checked as `load_scan` checks them; no voxel is read."""
     path = Path(path)
     img = open_nifti(path)
+    check_header(img, path)
     shape3, _ = select_volume(img.shape, path, volume)
     return shape3, check_affine(img.affine, path)
 
 
-def load_scan(path: str | Path, *, label: bool = False, volume: int | None = None) -> Scan:
+def load_scan(path: str | Path, *, label: bool = False, volume: int | None = None, hu_check: bool = True) -> Scan:
     """Read a 3D NIfTI; CT intensities as float32 HU, labels as their stored integers.
 
     `volume`: which volume of a 4D series to read (required for one, refused beyond its length).
+    `hu_check`: refuse CT intensities that cannot be Hounsfield units (`check_hounsfield`).
     """
     path = Path(path)
     img = open_nifti(path)
+    check_header(img, path)
     shape3, index = select_volume(img.shape, path, volume)
     affine = check_affine(img.affine, path)
     try:
@@ -138,6 +192,8 @@ def load_scan(path: str | Path, *, label: bool = False, volume: int | None = Non
     elif not np.all(np.isfinite(data)):
         n_bad = int(np.size(data) - np.count_nonzero(np.isfinite(data)))
         raise InputError(f"holds {n_bad} NaN/Inf voxels", path=path, fix="repair the scan (or replace them with -1024 HU, air)")
+    elif hu_check:
+        check_hounsfield(data, path)
     return Scan(path=path, data=data, affine=affine, header=img.header)
 
 

@@ -53,6 +53,7 @@ class PredictOptions:
     # read and preprocess the next scan while this one infers: "auto" does it when the engine runs on a GPU
     # (the CPU is idle during inference); on a CPU backend inference already uses every core
     prefetch: str = "auto"
+    hu_check: bool = True  # refuse intensities that cannot be Hounsfield units (nifti.check_hounsfield)
 
     def __post_init__(self) -> None:
         if self.volume is not None and (isinstance(self.volume, bool) or not isinstance(self.volume, int)
@@ -194,7 +195,7 @@ def load_and_prepare(engine, path: Path, opts: PredictOptions):
     from edgeseg.runtime.preprocess import preprocess_scan
 
     t0 = time.perf_counter()
-    scan = load_scan(path, volume=opts.volume)
+    scan = load_scan(path, volume=opts.volume, hu_check=opts.hu_check)
     t1 = time.perf_counter()
     prepared = preprocess_scan(scan, engine.preprocess)
     return scan, prepared, {"read": t1 - t0, "preprocess": time.perf_counter() - t1}

@@ -47,7 +47,7 @@ def test_garbage_with_nifti_name(tmp_path):
 def test_dimensionality(tmp_path, shape, ok):
     p = save_nifti(tmp_path / "s.nii.gz", np.zeros(shape, np.int16), AFF)
     if ok:
-        assert load_scan(p).shape == (6, 5, 4)
+        assert load_scan(p, hu_check=False).shape == (6, 5, 4)
     else:
         with pytest.raises(InputError, match="3D volume is needed"):
             load_scan(p)
@@ -64,7 +64,7 @@ def test_scaled_integers_are_read_in_hu(tmp_path):
     img = nib.Nifti1Image(np.array([[[0, 10]]], np.int16), AFF)
     img.header.set_slope_inter(2.0, -1024.0)
     nib.save(img, str(tmp_path / "scaled.nii.gz"))
-    scan = load_scan(tmp_path / "scaled.nii.gz")
+    scan = load_scan(tmp_path / "scaled.nii.gz", hu_check=False)  # two voxels: reading, not plausibility
     assert scan.data.dtype == np.float32
     np.testing.assert_array_equal(scan.data.ravel(), [-1024.0, -1004.0])
 
@@ -111,7 +111,7 @@ def test_4d_series_needs_a_volume_index(tmp_path):
         load_scan(p)
     assert str(p) in e.value.message and "4D series of 3 volumes" in e.value.problem
     assert "--volume INDEX (0 to 2)" in e.value.fix
-    scan = load_scan(p, volume=2)
+    scan = load_scan(p, volume=2, hu_check=False)
     assert scan.shape == (6, 5, 4) and scan.data.dtype == np.float32 and np.all(scan.data == 20)
     np.testing.assert_array_equal(scan.affine, nib.load(str(p)).affine)
     with pytest.raises(InputError, match="--volume 3 is out of range: the scan holds 3 volumes") as e:
@@ -121,7 +121,7 @@ def test_4d_series_needs_a_volume_index(tmp_path):
 
 def test_volume_index_on_a_3d_scan_is_refused_unless_0(tmp_path):
     p = save_nifti(tmp_path / "s.nii.gz", np.zeros((6, 5, 4), np.int16), AFF)
-    assert load_scan(p, volume=0).shape == (6, 5, 4)
+    assert load_scan(p, volume=0, hu_check=False).shape == (6, 5, 4)
     with pytest.raises(InputError, match="single 3D volume.*--volume 1 does not exist") as e:
         load_scan(p, volume=1)
     assert "leave --volume out" in e.value.fix
@@ -129,7 +129,7 @@ def test_volume_index_on_a_3d_scan_is_refused_unless_0(tmp_path):
 
 def test_singleton_axes_are_read_and_zero_sized_axes_refused(tmp_path):
     p = save_nifti(tmp_path / "slab.nii.gz", np.ones((1, 5, 4), np.int16), AFF)
-    assert load_scan(p).shape == (1, 5, 4)
+    assert load_scan(p, hu_check=False).shape == (1, 5, 4)
     p = tmp_path / "empty.nii"  # an image with no slices, as a failed export writes
     nib.save(nib.Nifti1Image(np.zeros((6, 5, 0), np.int16), AFF), str(p))
     with pytest.raises(InputError, match="empty axis") as e:
@@ -148,7 +148,7 @@ def test_inf_voxels_are_refused_and_counted(tmp_path):
 @pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64])
 def test_every_stored_dtype_is_read_as_float32_hu_exactly(tmp_path, dtype):
     values = np.array([0, 1, 100, 127], dtype=dtype).reshape(1, 2, 2)
-    scan = load_scan(save_nifti(tmp_path / f"{np.dtype(dtype).name}.nii.gz", values, AFF))
+    scan = load_scan(save_nifti(tmp_path / f"{np.dtype(dtype).name}.nii.gz", values, AFF), hu_check=False)
     assert scan.data.dtype == np.float32
     np.testing.assert_array_equal(scan.data, values.astype(np.float32))
 
@@ -166,3 +166,46 @@ def test_label_with_fractional_values_is_refused(tmp_path):
     with pytest.raises(InputError, match="non-integer") as e:
         load_scan(p, label=True)
     assert str(p) in e.value.message
+
+
+def test_a_zero_voxel_size_in_pixdim_is_refused_not_read_as_1_mm(tmp_path):
+    import struct
+
+    p = tmp_path / "zero.nii"
+    nib.save(nib.Nifti1Image(_ct_like(), np.diag([0.8, 0.7, 2.0, 1.0])), str(p))
+    raw = bytearray(p.read_bytes())
+    raw[76 + 4 * 2:76 + 4 * 3] = struct.pack("<f", 0.0)  # pixdim[2] = 0, as another tool wrote it
+    p.write_bytes(bytes(raw))
+    assert nib.load(str(p)).header.get_zooms()[1] == 1.0  # what nibabel alone would have used
+    with pytest.raises(InputError, match="zero or non-finite voxel size") as e:
+        load_scan(p)
+    assert str(p) in e.value.message and "pixdim" in e.value.fix
+
+
+def _ct_like(dtype=np.int16, offset=0.0, scale=1.0, shape=(16, 16, 8)):
+    """Air around a body of soft tissue and bone, as HU, then stored as `dtype` * scale + offset."""
+    hu = np.full(shape, -1000.0)
+    hu[3:13, 3:13] = 40.0
+    hu[7:9, 7:9] = 700.0
+    hu += np.random.default_rng(0).normal(0, 10, shape)
+    return (hu * scale + offset).astype(dtype)
+
+
+@pytest.mark.parametrize("name,data,expect", [
+    ("uint8", np.clip((_ct_like(np.float64) + 1000) / 8, 0, 255).astype(np.uint8), "8-bit display values"),
+    ("stored+1024", _ct_like(np.uint16, offset=1024.0), "without their rescale"),
+    ("normalised", ((_ct_like(np.float64) + 1000) / 1700).astype(np.float32), "normalised or mis-scaled"),
+    ("mask", (_ct_like(np.float64) > 0).astype(np.uint8), "a mask or label map"),
+    ("tiny slope", _ct_like(np.float64, scale=1e-30).astype(np.float32), "normalised or mis-scaled"),
+])
+def test_intensities_that_cannot_be_hounsfield_units_are_refused_with_what_they_look_like(tmp_path, name, data, expect):
+    p = save_nifti(tmp_path / f"{name}.nii.gz", data, AFF)
+    with pytest.raises(InputError, match="does not look like a CT in Hounsfield units") as e:
+        load_scan(p)
+    assert expect in e.value.problem and "--no-hu-check" in e.value.fix
+    assert load_scan(p, hu_check=False).shape == data.shape  # the user who knows can override
+
+
+def test_a_real_ct_and_a_phantom_pass_the_hounsfield_check(real_ct, tmp_path):
+    assert load_scan(real_ct).data.min() <= -1000
+    assert load_scan(save_nifti(tmp_path / "ct.nii.gz", _ct_like(), AFF)).shape == (16, 16, 8)
