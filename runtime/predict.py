@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -65,6 +65,72 @@ class PredictOptions:
                              fix="e.g. --max-memory 8")
         if self.prefetch not in ("auto", "on", "off"):
             raise InputError(f"--prefetch {self.prefetch!r} must be auto, on or off", fix="e.g. --prefetch auto")
+
+
+REPORT_KIND = "edgeseg-predict-report"
+# Options that change what a case's outputs hold: a report made under others is redone, never kept.
+OUTPUT_OPTIONS = ("overlap", "threshold", "lcc", "save_prob", "preview", "volume", "hu_check")
+_LEGACY_REPORT_KEYS = {"case", "engine", "ran", "volume_ml", "options", "outputs"}
+
+
+def made_with(engine, path: Path, opts: PredictOptions) -> dict:
+    """What a case's outputs depend on: the engine (manifest hash, graph, backend), the options, the input file."""
+    st = Path(path).stat()
+    ran = getattr(engine, "ran", None) or {}
+    return {"engine_manifest_sha256": getattr(engine, "manifest_hash", None),
+            "graph": ran.get("graph", ran.get("precision")), "backend": ran.get("backend"),
+            "options": {k: getattr(opts, k) for k in OUTPUT_OPTIONS},
+            "input": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
+
+
+def read_report(path: Path) -> dict | None:
+    """The edgeseg report at `path`, None when there is none; a file edgeseg did not write is refused.
+
+    A report is recognised by its content, never by its name alone: a BIDS sidecar `sub-01_ct.json` beside
+    `sub-01_ct.nii.gz` is the user's, and edgeseg neither skips the case because of it nor overwrites it.
+    """
+    refuse_link(path)
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        report = None
+    if isinstance(report, dict) and (report.get("kind") == REPORT_KIND or _LEGACY_REPORT_KEYS <= set(report)):
+        return report
+    raise InputError("exists and is not an edgeseg report (another tool's file, e.g. a BIDS sidecar): edgeseg "
+                     "never skips a case for it, nor overwrites or deletes it, even with --force", path=path,
+                     fix="write the outputs to another folder (--out), away from the scans and their sidecars")
+
+
+def why_redo(report: dict, now: dict) -> str | None:
+    """Why a case with this report must be segmented again under `now` (None: its outputs still hold)."""
+    before = report.get("made_with")
+    if not isinstance(before, dict):
+        return "its report does not record the engine and options that made it"
+    diffs = []
+    for key, label in (("engine_manifest_sha256", "another engine"), ("graph", "another graph precision"),
+                       ("backend", "another backend"), ("input", "the input file changed")):
+        if before.get(key) != now.get(key):
+            diffs.append(label)
+    old, new = before.get("options") or {}, now["options"]
+    diffs += [f"--{k.replace('_', '-')} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    return ", ".join(diffs) or None
+
+
+def check_out_folder(out: Path, inputs: Sequence[str | Path], scans: Sequence[Path]) -> None:
+    """Refuse an output folder that is an input folder (or inside one), or the folder of an input scan:
+    a second run would segment its own masks, and a report could land on a sidecar's name."""
+    o = Path(out).resolve()
+    folders = [Path(i).resolve() for i in inputs if Path(i).is_dir()]
+    for f in folders:
+        if o == f or f in o.parents:
+            raise InputError(f"the output folder is {'the' if o == f else 'inside the'} input folder {f}", path=out,
+                             fix="write the outputs to a folder outside the inputs (--out)")
+    for p in scans:
+        if o == p.resolve().parent:
+            raise InputError(f"the output folder is the folder of the input scan {p.name}", path=out,
+                             fix="write the outputs to a folder of their own (--out)")
 
 
 def case_name(path: Path) -> str:
@@ -268,6 +334,7 @@ def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str 
     report_path, marker = out / f"{case}.json", out / f"{case}.partial"
     for p in (marker, report_path, *(out / n for n in outputs_for(case, engine.organs, opts))):
         refuse_link(p)  # before anything is read or written: never through a link someone planted
+    read_report(report_path)  # a file of that name that is not ours: refused, even with --force
     mine = marker.exists()
     force = opts.force or mine  # a marker means an edgeseg run began this case: its files are ours to redo
     names = outputs_for(case, engine.organs, opts)
@@ -347,6 +414,7 @@ def _run_case(engine, path: Path, out: Path, opts: PredictOptions, case: str, fo
     t["write"] = time.perf_counter() - t0
 
     return {
+        "kind": REPORT_KIND, "made_with": made_with(engine, path, opts),
         "case": case, "input": str(path.resolve()), "volume": opts.volume, "shape": list(scan.shape),
         "spacing_mm": [round(s, 4) for s in scan.spacing], "model_grid": list(prepared.transform.model_shape),
         "engine": str(engine.folder), "ran": engine.ran, "organs": list(engine.organs),
@@ -366,6 +434,7 @@ def predict_many(engine, inputs: Sequence[str | Path], out: str | Path, opts: Pr
     """
     out = Path(out)
     scans = collect_inputs(inputs)
+    check_out_folder(out, inputs, scans)
     check_engine_input(engine)
     with output_lock(out, "edgeseg predict"):
         return _predict_all(engine, scans, out, opts, progress, log)
@@ -374,8 +443,15 @@ def predict_many(engine, inputs: Sequence[str | Path], out: str | Path, opts: Pr
 def _predict_all(engine, scans: list[Path], out: Path, opts: PredictOptions,
                  progress: Callable[[int, int], None] | None, log: Callable[[str], None]) -> list[dict]:
     names = case_names(scans)
-    todo = [i for i, case in enumerate(names) if opts.force or not (out / f"{case}.json").exists()
-            or (out / f"{case}.partial").exists()]
+    todo, redo = [], {}
+    for i, (path, case) in enumerate(zip(scans, names)):
+        report = read_report(out / f"{case}.json")  # a file that is not ours is refused here, before any work
+        if opts.force or report is None or (out / f"{case}.partial").exists():
+            todo.append(i)
+        elif (why := why_redo(report, made_with(engine, path, opts))) is not None:
+            todo.append(i)
+            redo[i] = why
+            log(f"{case}: segmented again ({why}); its earlier outputs are replaced")
     ahead = _use_prefetch(engine, opts) and len(todo) > 1
     pool = None
     if ahead:
@@ -399,7 +475,10 @@ def _predict_all(engine, scans: list[Path], out: Path, opts: PredictOptions,
                         memory = None
                     if memory is not None:
                         pending = (nxt, (memory, pool.submit(load_and_prepare, engine, scans[nxt], opts)))
-                r = predict_scan(engine, path, out, opts, case, prefetched=mine)
+                r = predict_scan(engine, path, out, opts if i not in redo else replace(opts, force=True), case,
+                                 prefetched=mine)
+                if i in redo:
+                    r["redone_because"] = redo[i]
                 vols = ", ".join(f"{o} {v:.1f} mL" for o, v in r["volume_ml"].items())
                 w = r["windows"]
                 blank = f" ({w['blank']} more of pure air: one run for all)" if w.get("blank") else ""

@@ -131,3 +131,47 @@ def test_prefetch_auto_follows_the_device():
         assert _use_prefetch(E(), PredictOptions()) and not _use_prefetch(E(), PredictOptions(prefetch="off"))
     with pytest.raises(InputError, match="--prefetch"):
         PredictOptions(prefetch="sometimes")
+
+
+def test_a_users_json_named_like_a_report_is_never_skipped_on_nor_overwritten(scans, tmp_path):
+    # A BIDS sidecar beside its scan: with --out there too, today's name-only check would skip the case
+    engine = OracleEngine(scans)
+    out = tmp_path / "out"
+    out.mkdir()
+    sidecar = out / f"{scans[0].name}_ct.json"
+    sidecar.write_text('{"RepetitionTime": 2.0, "Manufacturer": "X"}')
+    for force in (False, True):
+        with pytest.raises(InputError, match="is not an edgeseg report") as e:
+            predict_many(engine, [scans[0] / "ct.nii.gz"], out, PredictOptions(force=force))
+        assert str(sidecar) in e.value.message and "--out" in e.value.fix
+    assert json.loads(sidecar.read_text()) == {"RepetitionTime": 2.0, "Manufacturer": "X"} and engine.calls == 0
+
+
+def test_an_output_folder_inside_the_inputs_or_beside_a_scan_is_refused(scans, tmp_path):
+    engine = OracleEngine(scans)
+    folder = scans[0]
+    for out, what in ((folder, "is the input folder"), (folder / "pred", "is inside the input folder")):
+        with pytest.raises(InputError, match=what):
+            predict_many(engine, [folder], out, PredictOptions())
+    with pytest.raises(InputError, match="folder of the input scan ct.nii.gz"):
+        predict_many(engine, [folder / "ct.nii.gz"], folder, PredictOptions())
+    assert engine.calls == 0 and not (folder / "pred").exists()
+
+
+def test_a_rerun_with_other_options_or_another_engine_redoes_the_case_and_says_so(scans, tmp_path):
+    engine = OracleEngine(scans)
+    engine.manifest_hash = "a" * 64
+    scan, out = scans[0] / "ct.nii.gz", tmp_path / "out"
+    (first,) = predict_many(engine, [scan], out, PredictOptions())
+    assert first["kind"] == "edgeseg-predict-report" and first["made_with"]["options"]["threshold"] == 0.5
+    (same,) = predict_many(engine, [scan], out, PredictOptions())
+    assert same["skipped"] and engine.calls == 1
+    logs: list[str] = []
+    (other,) = predict_many(engine, [scan], out, PredictOptions(threshold=0.7), log=logs.append)
+    assert engine.calls == 2 and other["redone_because"] == "--threshold 0.5 -> 0.7"
+    assert any("segmented again (--threshold 0.5 -> 0.7)" in m for m in logs)
+    engine.manifest_hash = "b" * 64  # another engine (re-fused, other adapters)
+    (again,) = predict_many(engine, [scan], out, PredictOptions(threshold=0.7))
+    assert engine.calls == 3 and again["redone_because"] == "another engine"
+    saved = json.loads((out / f"{scans[0].name}_ct.json").read_text())
+    assert saved["made_with"]["engine_manifest_sha256"] == "b" * 64
