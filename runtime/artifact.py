@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.manifest import member_path
 
 BACKEND_CHOICES = ("auto", "ort", "openvino", "torch", "tensorrt")
 PRECISION_CHOICES = ("fp32", "fp16", "bf16")
@@ -69,7 +70,33 @@ def graph_path(folder: Path, manifest: dict, precision: str, rebuild: str) -> Pa
                          fix=(f"re-export with --precision fp32,fp16 ({rebuild} --precision fp32,fp16), "
                               f"or ask for a precision the folder has" if precision in ("fp32", "fp16")
                               else "ask for fp32 or fp16"))
-    return folder / graphs[precision]["file"]
+    path = member_path(folder, graphs[precision].get("file"), manifest=manifest)
+    check_external_data(folder, manifest, path)
+    return path
+
+
+def check_external_data(folder: Path, manifest: dict, graph: Path) -> None:
+    """Refuse a graph whose external weights live outside the artifact or are not among its hashed files.
+
+    ONNX Runtime and OpenVINO would follow `location` wherever it points (or refuse with a message about
+    installing a backend); edgeseg checks it first, against the manifest, with its own message.
+    """
+    import onnx
+
+    if not graph.exists():
+        return  # the missing file is reported by the manifest's check or the backend, naming it
+    try:
+        model = onnx.load(str(graph), load_external_data=False)
+    except Exception:  # noqa: BLE001 - unreadable graphs are refused by the backend with the reason
+        return
+    base = graph.parent.relative_to(folder) if graph.parent != folder else None
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = {e.key: e.value for e in t.external_data}.get("location", "")
+            if not isinstance(loc, str) or loc.startswith("/") or ".." in loc.replace("\\", "/").split("/"):
+                raise InputError(f"its graph {graph.name} keeps tensor {t.name!r} in {loc!r}, outside the artifact",
+                                 path=folder / "manifest.json", fix="rebuild the artifact with edgeseg")
+            member_path(folder, loc if base is None else f"{base.as_posix()}/{loc}", manifest=manifest)
 
 
 def pick_engine(folder: Path, manifest: dict, *, required: bool, rebuild: str) -> tuple[Path, dict] | None:
@@ -90,7 +117,7 @@ def pick_engine(folder: Path, manifest: dict, *, required: bool, rebuild: str) -
                 chosen = (here, engines[here])
         except Exception:  # no TensorRT or GPU here: the backend refuses the engine with the reason
             pass
-    return folder / chosen[1]["file"], chosen[1].get("key")
+    return member_path(folder, chosen[1].get("file"), manifest=manifest), chosen[1].get("key")
 
 
 def open_on_backend(folder: Path, manifest: dict, key: str, precision: str | None, *, threads: int | None,
@@ -113,8 +140,8 @@ def open_on_backend(folder: Path, manifest: dict, key: str, precision: str | Non
             cands = [Candidate("openvino", graph_path(folder, manifest, "fp32", rebuild), precision="bf16",
                                options={"threads": threads, "cache_dir": cache_dir})]
         else:
-            fp32 = folder / graphs["fp32"]["file"] if "fp32" in graphs and precision != "fp16" else None
-            fp16 = folder / graphs["fp16"]["file"] if "fp16" in graphs and precision != "fp32" else None
+            fp32 = graph_path(folder, manifest, "fp32", rebuild) if "fp32" in graphs and precision != "fp16" else None
+            fp16 = graph_path(folder, manifest, "fp16", rebuild) if "fp16" in graphs and precision != "fp32" else None
             engine = pick_engine(folder, manifest, required=False, rebuild=rebuild) if precision != "fp32" else None
             cands = default_candidates(plan=engine[0] if engine else None, onnx_fp32=fp32, onnx_fp16=fp16,
                                        threads=threads, cache_dir=cache_dir,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from edgeseg.runtime.atomic import write_text_atomic
 from edgeseg.runtime.errors import InputError
@@ -82,6 +82,40 @@ def write_manifest(folder: str | Path, kind: str, body: dict, files: list[str | 
     return manifest
 
 
+def member_path(folder: str | Path, name, *, manifest: dict | None = None, fix: str = "") -> Path:
+    """The file `name` that an artifact's manifest points at, confined to the artifact's folder.
+
+    A manifest is self-hashed, not signed: anyone can rewrite one and recompute the hash. So every path it
+    holds must be relative, without `..`, not a link, resolve inside the folder, be a regular file (never
+    `/dev/zero` or a folder) and, given the manifest, be one of the files it lists and hashes. Checked
+    before the file is opened.
+    """
+    folder = Path(folder)
+    where = folder / MANIFEST_NAME
+    fix = fix or "rebuild the artifact with the edgeseg command that made it"
+    if not isinstance(name, str) or not name.strip():
+        raise InputError(f"names a file as {name!r}, which is not a file name", path=where, fix=fix)
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or Path(name).is_absolute() or ".." in pure.parts or name.startswith("~"):
+        raise InputError(f"names {name!r}, outside its folder: an artifact's files live inside it", path=where, fix=fix)
+    full, p = folder / name, folder
+    for part in pure.parts:
+        p = p / part
+        if p.is_symlink():
+            raise InputError(f"names {name!r}, which is (or passes through) a symbolic link", path=where, fix=fix)
+    try:
+        inside = folder.resolve() in full.resolve().parents
+    except OSError:
+        inside = False
+    if not inside:
+        raise InputError(f"names {name!r}, which resolves outside its folder", path=where, fix=fix)
+    if full.exists() and not full.is_file():
+        raise InputError(f"names {name!r}, which is not a regular file", path=where, fix=fix)
+    if manifest is not None and name not in (manifest.get("files") or {}):
+        raise InputError(f"names {name!r}, which is not among the files it lists and hashes", path=where, fix=fix)
+    return full
+
+
 def read_manifest(folder: str | Path, kind: str, *, verify_files: bool = True, rebuild: str = "") -> dict:
     """Read and check an artifact's manifest: kind, self-hash, and (optionally) every file's sha256."""
     folder = Path(folder)
@@ -95,14 +129,24 @@ def read_manifest(folder: str | Path, kind: str, *, verify_files: bool = True, r
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"is not valid JSON ({e})", path=path, fix=fix) from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"holds a JSON {type(manifest).__name__}, not a manifest object", path=path, fix=fix)
     if manifest.get("kind") != kind:
         raise InputError(f"describes a {manifest.get('kind')!r}, not a {kind!r}", path=path,
                          fix=f"pass the folder of a {kind}")
     if manifest.get(SELF_HASH_KEY) != content_hash(manifest):
         raise InputError("was edited after it was written (its self-hash does not match)", path=path,
                          fix=f"{fix}; manifests record what produced an artifact and must not be edited by hand")
+    files = manifest.get("files", {})
+    if not isinstance(files, dict):
+        raise InputError("its files entry is not a name -> {sha256, bytes} table", path=path, fix=fix)
+    for name, entry in files.items():
+        member_path(folder, name, fix=fix)  # confined, before anything is opened
+        if not (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+                and isinstance(entry.get("bytes"), int) and not isinstance(entry.get("bytes"), bool)):
+            raise InputError(f"its entry for {name} lacks a sha256 or a byte count", path=path, fix=fix)
     if verify_files:
-        for name, entry in manifest.get("files", {}).items():
+        for name, entry in files.items():
             f = folder / name
             if not f.exists():
                 raise InputError(f"lists {name}, which is missing", path=path, fix=fix)

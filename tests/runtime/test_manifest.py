@@ -59,3 +59,76 @@ def test_manifest_is_not_overwritten_without_force(artifact):
     with pytest.raises(InputError, match="--force"):
         write_manifest(artifact, "adapter", {}, ["weights.bin"])
     assert (artifact / MANIFEST_NAME).stat().st_mode & 0o044  # readable by others, like a normal file
+
+
+def _rewrite(folder, edit) -> None:
+    """Edit a manifest and recompute its self-hash, as anyone can (a checksum, not a signature)."""
+    path = folder / MANIFEST_NAME
+    m = json.loads(path.read_text())
+    edit(m)
+    if isinstance(m, dict):
+        m["manifest_sha256"] = content_hash(m)
+    path.write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("name,why", [("../outside/evil.onnx", "outside its folder"), ("/dev/zero", "outside its folder"),
+                                      ("sub/../../evil.onnx", "outside its folder"), ("~/evil", "outside its folder")])
+def test_a_rehashed_manifest_cannot_point_outside_its_folder(artifact, tmp_path_factory, name, why):
+    entry = {"sha256": "0" * 64, "bytes": 1}
+    _rewrite(artifact, lambda m: m["files"].update({name: entry}))
+    with pytest.raises(InputError, match=why) as e:
+        read_manifest(artifact, "adapter", verify_files=False)  # refused even when files are not verified
+    assert name in e.value.problem
+
+
+def test_a_listed_file_that_is_a_link_or_not_a_regular_file_is_refused(artifact, tmp_path):
+    import os
+
+    os.symlink("/dev/zero", artifact / "zero.bin")
+    (artifact / "dir.bin").mkdir()
+    for name, why in (("zero.bin", "symbolic link"), ("dir.bin", "not a regular file")):
+        _rewrite(artifact, lambda m, name=name: m["files"].update({name: {"sha256": "0" * 64, "bytes": 1}}))
+        with pytest.raises(InputError, match=why):
+            read_manifest(artifact, "adapter")
+        _rewrite(artifact, lambda m, name=name: m["files"].pop(name))
+
+
+def test_a_manifest_that_is_not_an_object_or_lacks_byte_counts_is_an_input_error(artifact):
+    _rewrite(artifact, lambda m: m["files"]["weights.bin"].pop("bytes"))
+    with pytest.raises(InputError, match="lacks a sha256 or a byte count"):
+        read_manifest(artifact, "adapter")
+    (artifact / MANIFEST_NAME).write_text("[]")
+    with pytest.raises(InputError, match="holds a JSON list, not a manifest object"):
+        read_manifest(artifact, "adapter")
+
+
+def test_a_graph_named_outside_the_listed_files_or_with_external_data_outside_is_refused(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgeseg.runtime.artifact import graph_path
+
+    folder = tmp_path / "engine"
+    folder.mkdir()
+    w = numpy_helper.from_array(np.ones((4,), np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [w])
+    model = helper.make_model(graph)
+    onnx.save(model, str(folder / "g.onnx"), save_as_external_data=True, location="g.onnx.data",
+              size_threshold=0)
+    write_manifest(folder, "engine", {"graphs": {"fp32": {"file": "g.onnx"}}}, ["g.onnx", "g.onnx.data"])
+    m = read_manifest(folder, "engine")
+    assert graph_path(folder, m, "fp32", "fuse") == folder / "g.onnx"
+    with pytest.raises(InputError, match="not among the files it lists"):
+        graph_path(folder, {**m, "graphs": {"fp32": {"file": "g.onnx.data"}}, "files": {"g.onnx": {}}}, "fp32", "fuse")
+    (tmp_path / "evil.bin").write_bytes(np.ones((4,), np.float32).tobytes())
+    for t in model.graph.initializer:  # the weights' location rewritten to a file outside the artifact
+        t.data_location = TensorProto.EXTERNAL
+        del t.external_data[:]
+        t.external_data.add(key="location", value="../evil.bin")
+        t.ClearField("raw_data")
+    onnx.save(model, str(folder / "g.onnx"))
+    with pytest.raises(InputError, match="outside the artifact"):
+        graph_path(folder, m, "fp32", "fuse")
