@@ -589,13 +589,17 @@ def build_cache(trunk_dir, data: str | Path, organ: str, out: str | Path, *, k: 
             partial = cases_dir / f".{item.id}{PARTIAL_SUFFIX}"
             partial.mkdir()
             tc = time.perf_counter()
-            meta = (_support_case(trunk, item, partial, s, int(seed)) if item.role == "support"
-                    else _query_case(trunk, item, partial, s))
-            meta["ran"] = {"backend": ran["backend"], "precision": ran["precision"], "device": ran["device"],
-                           "graph": trunk.graph_precision}
-            meta["seconds"] = round(time.perf_counter() - tc, 3)
-            _write_json(partial / "meta.json", meta)
-            _commit_case(partial, final)
+            try:
+                meta = (_support_case(trunk, item, partial, s, int(seed)) if item.role == "support"
+                        else _query_case(trunk, item, partial, s))
+                meta["ran"] = {"backend": ran["backend"], "precision": ran["precision"], "device": ran["device"],
+                               "graph": trunk.graph_precision}
+                meta["seconds"] = round(time.perf_counter() - tc, 3)
+                _write_json(partial / "meta.json", meta)
+                _commit_case(partial, final)
+            except BaseException:  # disk full, Ctrl-C, a bad scan: the unfinished case leaves nothing behind
+                shutil.rmtree(partial, ignore_errors=True)
+                raise
             metas[item.id] = meta
             computed.append(item.id)
             what = (f"positive box {'x'.join(str(b - a) for a, b in meta['regions'][0]['box'])} + "
@@ -696,6 +700,17 @@ class QueryEntry:
         return GridTransform.from_dict(self.info["transform"])
 
 
+def check_finite(path: Path, array: np.ndarray, rows: int = 8) -> None:
+    """Refuse an array holding NaN or Inf (read in slabs of `rows` along its second axis: memory stays small)."""
+    n = array.shape[1] if array.ndim > 1 else 1
+    for i in range(0, n, rows):
+        block = np.asarray(array[:, i:i + rows] if array.ndim > 1 else array)
+        if not np.isfinite(block).all():
+            bad = int(block.size - np.count_nonzero(np.isfinite(block)))
+            raise InputError(f"holds NaN or Inf features ({bad} or more values): training on it would give a "
+                             "meaningless adapter", path=path, fix=f"rebuild the cache: {REBUILD} --force")
+
+
 @dataclass
 class FeatureCache:
     folder: Path
@@ -744,6 +759,12 @@ class FeatureCache:
     @property
     def case_ids(self) -> list[str]:
         return list(self.manifest["supports"])
+
+    def check_features(self) -> None:
+        """Every cached feature array is finite (NaN/Inf refused, naming the file); seconds even at feature size 48."""
+        for e in [*self.supports, *self.queries]:
+            for name, arr in zip(e._files, e.features):
+                check_finite(e.folder / name, arr)
 
     def __repr__(self) -> str:
         return (f"<FeatureCache {self.folder} organ={self.organ!r} cut={self.cut} supports={len(self.case_ids)} "

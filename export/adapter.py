@@ -58,10 +58,16 @@ def save_adapter(adapter, out: str | Path, body: dict, *, force: bool = False) -
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names, channels = body["io"]["inputs"], body["feature_size"]
-    with atomic_path(out / WEIGHTS, force=True) as tmp:
-        save_file({k: v.detach().contiguous() for k, v in adapter.state_dict().items()}, str(tmp))
-    export_adapter_onnx(adapter, names, channels, out / GRAPH)
-    report = check_adapter_graph(adapter, names, channels, out / GRAPH)
-    report.raise_if_failed(fix="the adapter graph differs from the torch adapter; report the numbers")
-    body = {**body, "graph_parity": report.to_dict()}
-    return write_manifest(out, ADAPTER_KIND, body, [WEIGHTS, GRAPH], force=True)
+    try:
+        with atomic_path(out / WEIGHTS, force=True) as tmp:
+            save_file({k: v.detach().contiguous() for k, v in adapter.state_dict().items()}, str(tmp))
+        export_adapter_onnx(adapter, names, channels, out / GRAPH)
+        report = check_adapter_graph(adapter, names, channels, out / GRAPH)
+        report.raise_if_failed(fix="the adapter graph differs from the torch adapter; report the numbers")
+        body = {**body, "graph_parity": report.to_dict()}
+        return write_manifest(out, ADAPTER_KIND, body, [WEIGHTS, GRAPH], force=True)
+    except BaseException:
+        for name in (WEIGHTS, GRAPH, "manifest.json"):  # an adapter folder is complete or holds none of it
+            if not (out / name).is_symlink():
+                (out / name).unlink(missing_ok=True)
+        raise

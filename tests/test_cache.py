@@ -157,7 +157,10 @@ def test_a_killed_run_resumes_without_recomputing_and_matches_a_clean_run(clean,
         build_cache(trunk_dir, support, "liver", out, query=[query], log=lambda m: None, **ARGS)
     first, second = clean[1]["supports"]
     assert commits == [first]
-    assert (out / "cases" / first / "meta.json").is_file() and (out / "cases" / f".{second}.partial").is_dir()
+    # Ctrl-C removes the unfinished case; a SIGKILL cannot, and leaves it as planted here
+    assert (out / "cases" / first / "meta.json").is_file() and not (out / "cases" / f".{second}.partial").exists()
+    (out / "cases" / f".{second}.partial").mkdir()
+    (out / "cases" / f".{second}.partial" / "enc0.npy").write_bytes(b"half written")
     assert not (out / "manifest.json").exists()
     with pytest.raises(InputError, match="has no manifest.json"):
         open_cache(out)  # an unfinished cache never looks complete
@@ -338,3 +341,25 @@ def test_pre_decoder1_cache_stores_enc0_and_half_resolution_dec0(data, tmp_path)
         preprocess(case.image, PRE).image > 0.05, preprocess(case.image, PRE, label=case.label).label > 0,
         tuple(tuple(b) for b in manifest["cases"][cid]["organ_box"]), (64, 64, 64), 1,
         np.random.default_rng(rng_seed))[0][0]]
+
+
+def test_a_full_disk_mid_case_is_exit_2_and_leaves_no_partial_case(trunk_dir, data, tmp_path, monkeypatch):
+    import errno
+
+    from edgeseg.runtime.errors import ResourceError
+
+    support, query = data
+    real, calls = cache_mod._save_npy, []
+
+    def full(path, array):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(path, array)
+
+    monkeypatch.setattr(cache_mod, "_save_npy", full)
+    out = tmp_path / "cache"
+    with pytest.raises(ResourceError) as e:
+        build_cache(trunk_dir, support, "liver", out, log=lambda m: None, **ARGS)
+    assert e.value.exit_code == 2 and "no space left" in e.value.problem
+    assert not list((out / "cases").glob(".*")) and not (out / "manifest.json").exists()

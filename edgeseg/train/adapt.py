@@ -324,10 +324,23 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     config.check()
     config = config.resolved()
     kind = config.adapter
+    from edgeseg.export.adapter import GRAPH, WEIGHTS
+
     out = Path(out)
     if (out / MANIFEST_NAME).exists() and not force:
         raise InputError("already holds an adapter", path=out, fix="pass --force to replace it, or choose another --out")
-    cache = open_cache(cache_dir)
+    ours = set()
+    if (out / MANIFEST_NAME).exists():
+        try:
+            ours = set(read_manifest(out, ADAPTER_KIND, verify_files=False).get("files") or {})
+        except InputError:
+            ours = set()
+    strangers = [n for n in (WEIGHTS, GRAPH) if (out / n).exists() and n not in ours]
+    if strangers:  # a file of an adapter's name that no edgeseg adapter manifest lists is the user's
+        raise InputError(f"holds {', '.join(strangers)}, which no edgeseg adapter manifest there lists: edgeseg never "
+                         "overwrites a file it did not write, even with --force", path=out,
+                         fix="move those files away, or choose another --out")
+    cache = open_cache(cache_dir, verify_files=True)  # every file's sha256: junk is refused before training
     if cache.cut != CUT_OF[kind]:
         raise InputError(f"the {kind} adapter trains on the {CUT_OF[kind]} cut but this cache holds {cache.cut} features",
                          path=cache_dir, fix=f"export a trunk with --cut {CUT_OF[kind]} and cache with it")
@@ -335,6 +348,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
         raise InputError("--ti needs a cached query scan (the unlabelled scan the size prior looks at)", path=cache_dir,
                          fix="rebuild the cache with --query SCAN")
 
+    cache.check_features()  # NaN/Inf refused with exit 2, before anything is trained or written
     torch.manual_seed(config.seed)
     threads = config.threads or idle_cores()
     torch.set_num_threads(threads)
@@ -386,6 +400,9 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
         + (f" (held-out Dice {fit['heldout_dice']:.3f})" if fit["heldout_dice"] is not None else "")
         + f"; stop: {stopped}")
 
+    if not all(bool(torch.isfinite(p).all()) for p in adapter.parameters()):
+        raise InputError(f"training diverged: the {kind} adapter's weights are NaN or Inf after {fit['steps_run']} steps "
+                         f"at lr {config.lr:g}; nothing was written", path=out, fix="lower --lr (e.g. by 10x)")
     from edgeseg.export.adapter import save_adapter
 
     k = max(1, len(losses) // 200)  # the curve, thinned to at most ~200 points

@@ -211,3 +211,57 @@ def test_idle_cores_is_at_least_one_and_at_most_the_usable_cores():
 
     n = idle_cores(0.05)
     assert 1 <= n <= len(os.sched_getaffinity(0))
+
+
+# --- what adapt refuses before training (issue 14) -----------------------------------------------------
+def _copy_cache(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _features_file(cache_dir):
+    from edgeseg.cache import open_cache
+
+    e = open_cache(cache_dir).supports[0]
+    return e.folder / e._files[0]
+
+
+def test_a_cache_with_changed_or_non_finite_features_is_refused_and_nothing_is_written(liver_cache, tmp_path):
+    import json
+
+    from edgeseg.runtime.manifest import MANIFEST_NAME, content_hash, sha256_file
+
+    junk = _copy_cache(liver_cache, tmp_path / "junk")
+    f = _features_file(junk)
+    arr = np.load(f)
+    np.save(f, (arr * 0 + 3).astype(arr.dtype))  # finite junk, same size: only the hash can tell
+    with pytest.raises(InputError, match="differs from the file this manifest recorded"):
+        adapt(junk, tmp_path / "a", AdaptConfig(adapter="lp", steps=2, seed=0))
+    nan = _copy_cache(liver_cache, tmp_path / "nan")
+    f = _features_file(nan)
+    arr = np.load(f)
+    arr.reshape(-1)[:10] = np.nan
+    np.save(f, arr)
+    m = json.loads((nan / MANIFEST_NAME).read_text())  # a manifest rehashed to match (a bug, or on purpose)
+    rel = str(f.relative_to(nan))
+    m["files"][rel] = {"sha256": sha256_file(f), "bytes": f.stat().st_size}
+    m["manifest_sha256"] = content_hash(m)
+    (nan / MANIFEST_NAME).write_text(json.dumps(m))
+    with pytest.raises(InputError, match="NaN or Inf features") as e:
+        adapt(nan, tmp_path / "b", AdaptConfig(adapter="lp", steps=2, seed=0))
+    assert str(f) in e.value.message
+    assert not (tmp_path / "b").exists() or not any((tmp_path / "b").iterdir())
+
+
+def test_a_users_files_named_like_an_adapters_are_never_overwritten_even_with_force(liver_cache, tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "adapter.safetensors").write_bytes(b"the user's own weights")
+    for force in (False, True):
+        with pytest.raises(InputError, match="no edgeseg adapter manifest there lists"):
+            adapt(liver_cache, out, AdaptConfig(adapter="lp", steps=1, seed=0), force=force)
+    assert (out / "adapter.safetensors").read_bytes() == b"the user's own weights"
+    adapt(liver_cache, tmp_path / "ours", AdaptConfig(adapter="lp", steps=1, seed=0))
+    adapt(liver_cache, tmp_path / "ours", AdaptConfig(adapter="lp", steps=1, seed=0), force=True)  # ours to replace
