@@ -57,3 +57,24 @@ def test_real_ct_gives_the_same_mask_on_every_cpu_backend(engine_dir, tmp_path):
     assert dice_score(masks["ort"], masks["openvino"]) >= 0.99
     # OpenVINO f32 differs from ONNX Runtime by ~1e-3 rel L2 in the trunk; probabilities stay within a few %.
     assert float(np.max(np.abs(probs["ort"] - probs["openvino"]))) < 5e-2
+
+
+@requires_openvino()
+def test_a_predict_run_leaves_nothing_in_the_users_home(engine_dir, phantoms5, tmp_path):
+    # ONNX Runtime writes a device id under ~/.cache/Microsoft and `import openvino` a client id under ~/intel
+    # unless edgeseg turns their telemetry off: a whole run with HOME empty must leave it empty.
+    import os
+    import subprocess
+    import sys
+
+    support, _ = phantoms5
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("ORT_DISABLE_TELEMETRY", "EDGESEG_TELEMETRY")}
+    env["HOME"] = str(home)
+    for backend in ("ort", "openvino"):
+        done = subprocess.run([sys.executable, "-m", "edgeseg", "predict", str(support / "s0000" / "ct.nii.gz"),
+                               "--engine", str(engine_dir), "--out", str(tmp_path / backend), "--backend", backend,
+                               "--threads", "2", "--json"], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+    assert sorted(p.relative_to(home).as_posix() for p in home.rglob("*")) == []
