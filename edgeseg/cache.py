@@ -38,6 +38,7 @@ or finished by another trunk is refused.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -449,13 +450,40 @@ def _recorded_trunk(out: Path) -> dict | None:
     return None
 
 
+_OWN_CASE_FILE = re.compile(r"^[^/]+/[^/]+\.(npy|json)$|^[^/]+/[^/]+/[^/]+\.(npy|json)$")
+
+
+def _own_cases(out: Path) -> list[Path]:
+    """The case folders under `out/cases` that a cache build wrote (only .npy and .json files, at the depths it
+    writes them); anything else there is refused, never deleted."""
+    cases = out / CASES_DIR
+    refuse_link(cases, doing="deletes")
+    if not cases.exists():
+        return []
+    found, strangers = [], []
+    for d in sorted(cases.iterdir()):
+        files = [p.relative_to(cases).as_posix() for p in d.rglob("*") if p.is_file() or p.is_symlink()] if d.is_dir() \
+            and not d.is_symlink() else [d.name]
+        bad = [f for f in files if not _OWN_CASE_FILE.match(f) or (cases / f).is_symlink()]
+        (strangers.extend(bad) if bad or not d.is_dir() or d.is_symlink() else found.append(d))
+    if strangers:
+        raise InputError(f"holds files that a feature cache does not write ({', '.join(strangers[:5])}): edgeseg will "
+                         "not delete them, even with --force", path=cases, fix="choose a new or empty folder for --out")
+    return found
+
+
 def _wipe(out: Path) -> None:
-    """Remove what a cache build writes in `out` (and nothing else)."""
-    for name in ("manifest.json", PLAN_NAME):
-        unlink_own(out / name)
-    refuse_link(out / CASES_DIR, doing="deletes")
-    if (out / CASES_DIR).exists():
-        shutil.rmtree(out / CASES_DIR)
+    """Remove what a cache build wrote in `out` (and nothing else: a finished cache's listed files; an
+    unfinished one's plan and case folders, each checked to hold only what a cache build writes)."""
+    from edgeseg.runtime.manifest import OWN_FILES, claim_output
+
+    if (out / "manifest.json").exists():
+        claim_output(out, CACHE_KIND, force=True, ignore=(*OWN_FILES, PLAN_NAME))
+    for d in _own_cases(out):
+        shutil.rmtree(d)
+    unlink_own(out / PLAN_NAME)
+    with contextlib.suppress(OSError):
+        (out / CASES_DIR).rmdir()
 
 
 def _check_out(out: Path, trunk_hash: str, trunk_folder: str, plan: dict, force: bool) -> bool:
@@ -465,6 +493,11 @@ def _check_out(out: Path, trunk_hash: str, trunk_folder: str, plan: dict, force:
         raise InputError("is a file, not a folder", path=out, fix="choose a folder for --out")
     if not out.exists():
         return False
+    from edgeseg.runtime.manifest import OWN_FILES, claim_output
+
+    # another kind of artifact, a manifest edgeseg did not write, or a user's files: refused even with --force
+    claim_output(out, CACHE_KIND, force=True, ignore=(*OWN_FILES, PLAN_NAME, f"{CASES_DIR}/*"), dry_run=True)
+    _own_cases(out)
     recorded = _recorded_trunk(out)
     complete = (out / "manifest.json").exists()
     if force:  # wiped by the caller once the trunk is open (a failing backend must not cost the old cache)

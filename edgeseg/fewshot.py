@@ -35,10 +35,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 

@@ -24,7 +24,8 @@ from edgeseg.export.parity import ParityReport
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.lock import locks_output
 from edgeseg.runtime.manifest import (
-    MANIFEST_NAME,
+    OWN_FILES,
+    claim_output,
     content_hash,
     read_manifest,
     sha256_file,
@@ -281,9 +282,9 @@ def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | P
         if "fp16" not in precisions:
             raise InputError("--tensorrt builds from the fused fp16 graph", fix="add fp16 to --precision")
         _require("tensorrt", "TensorRT")  # BackendUnavailable with the install hint, before any work
-    if (out / MANIFEST_NAME).exists() and not force:
-        raise InputError("already holds an engine", path=out, fix="pass --force to replace it, or choose another --out")
+    claim_output(out, ENGINE_KIND, force=force, ignore=OWN_FILES, dry_run=True)  # only an edgeseg engine is replaced
     trunk, trunk_hash, adapters = _read_inputs(trunk_dir, adapter_dirs)
+    claim_output(out, ENGINE_KIND, force=force, ignore=OWN_FILES)
     present = [p for p in precisions if p in (trunk.get("graphs") or {})]
     for p in precisions:
         if p not in present:

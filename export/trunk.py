@@ -19,7 +19,7 @@ from edgeseg.export.parity import ParityReport, compare
 from edgeseg.runtime.atomic import unlink_own, write_text_atomic
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.lock import locks_output
-from edgeseg.runtime.manifest import MANIFEST_NAME, sha256_file, write_manifest
+from edgeseg.runtime.manifest import OWN_FILES, claim_output, sha256_file, write_manifest
 
 TRUNK_KIND = "trunk"
 PRECISIONS = ("fp32", "fp16")
@@ -147,13 +147,13 @@ def export_trunk(
     if tensorrt and "fp16" not in precisions:
         raise InputError("--tensorrt builds from the mixed fp16 graph", fix="add fp16 to --precision")
     out = Path(out)
-    if (out / MANIFEST_NAME).exists() and not force:
-        raise InputError("already holds an exported trunk", path=out, fix="pass --force to replace it, or choose another --out")
+    claim_output(out, TRUNK_KIND, force=force, ignore=OWN_FILES, dry_run=True)  # only an edgeseg trunk is replaced
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
     model, model_spec, load_report = load_checkpoint(checkpoint, spec, allow_partial=allow_partial)
+    claim_output(out, TRUNK_KIND, force=force, ignore=OWN_FILES)  # the checkpoint is good: the old trunk goes
     ckpt_sha = sha256_file(checkpoint)
     timings["load_checkpoint"] = time.perf_counter() - t0
     log(load_report.summary())

@@ -9,6 +9,7 @@ of that and refuses a mismatch with a message that says what differs and how to 
 from __future__ import annotations
 
 import datetime as _dt
+import fnmatch
 import hashlib
 import json
 from pathlib import Path, PurePosixPath
@@ -71,6 +72,7 @@ def write_manifest(folder: str | Path, kind: str, body: dict, files: list[str | 
     folder = Path(folder)
     manifest = {
         "kind": kind,
+        "written_by": WRITTEN_BY,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "libraries": library_versions(),
         "host": host_description(),
@@ -80,6 +82,98 @@ def write_manifest(folder: str | Path, kind: str, body: dict, files: list[str | 
     manifest[SELF_HASH_KEY] = content_hash(manifest)
     write_text_atomic(folder / MANIFEST_NAME, json.dumps(manifest, indent=2, default=str) + "\n", force=force)
     return manifest
+
+
+def _written_by() -> str:
+    from edgeseg import __version__
+
+    return f"edgeseg {__version__}"
+
+
+WRITTEN_BY = _written_by()
+# what edgeseg's writers leave in an artifact folder besides the listed files (claim_output ignores them)
+OWN_FILES = (".edgeseg.lock", "*.rejected", "*.rejected.json", "timing.*.cache")
+ARTIFACT_KINDS = {"trunk": "an exported trunk", "engine": "a fused engine", "adapter": "an adapter",
+                  "feature-cache": "a feature cache"}
+
+
+def edgeseg_manifest(folder: str | Path) -> dict | None:
+    """The manifest in `folder` when edgeseg wrote it (kind known, self-hash intact; `written_by` from this
+    version on), None when there is no manifest.json; a manifest.json edgeseg did not write is refused."""
+    path = Path(folder) / MANIFEST_NAME
+    if not path.exists() and not path.is_symlink():
+        return None
+    try:
+        m = json.loads(path.read_text())
+    except (OSError, ValueError):
+        m = None
+    ok = (isinstance(m, dict) and m.get("kind") in ARTIFACT_KINDS and m.get(SELF_HASH_KEY) == content_hash(m)
+          and str(m.get("written_by", "edgeseg")).startswith("edgeseg") and not path.is_symlink())
+    if not ok:
+        raise InputError("holds a manifest.json that edgeseg did not write (or that was edited): it is not an "
+                         "edgeseg artifact, and edgeseg will not replace or delete anything there, even with --force",
+                         path=path, fix="choose another --out (a new or empty folder)")
+    return m
+
+
+def claim_output(out: str | Path, kind: str, *, force: bool, rebuild: str = "", ignore: tuple[str, ...] = (),
+                 dry_run: bool = False) -> list[Path]:
+    """Make `out` ready for a new artifact of `kind`, or refuse; returns what `--force` deleted.
+
+    A new or empty folder is fine. A folder holding an edgeseg artifact of `kind` is refused without
+    `force`; with it, exactly the files its manifest lists (and the manifest) are deleted, never a tree.
+    An artifact of another kind, a manifest edgeseg did not write, or any file no edgeseg manifest there
+    lists (a user's file) is refused even with `force`, saying what is there. `ignore`: names of the
+    writer's own bookkeeping (the lock file, temporaries) that do not count.
+    """
+    from edgeseg.runtime.atomic import TMP_MARK, unlink_own
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError("is a file, not a folder", path=out, fix="choose a folder for --out")
+    if not out.exists():
+        return []
+    what = ARTIFACT_KINDS.get(kind, f"a {kind}")
+    m = edgeseg_manifest(out)
+    if m is not None and m["kind"] != kind:
+        raise InputError(f"holds {ARTIFACT_KINDS[m['kind']]} (edgeseg {m['kind']}), not {what}: edgeseg will not "
+                         "replace it with another kind of artifact, even with --force", path=out,
+                         fix="choose another --out for this one")
+    listed = set((m or {}).get("files") or {})
+    strangers = []
+    for p in sorted(out.rglob("*")):
+        rel = p.relative_to(out).as_posix()
+        if p.is_dir() and not p.is_symlink():
+            continue
+        if (rel in listed or rel == MANIFEST_NAME or any(fnmatch.fnmatch(rel, pat) for pat in ignore)
+                or (TMP_MARK in p.name and p.name.startswith("."))):
+            continue
+        strangers.append(rel)
+    if strangers:
+        shown = ", ".join(strangers[:5]) + (f" and {len(strangers) - 5} more" if len(strangers) > 5 else "")
+        raise InputError(f"holds files that no edgeseg manifest there lists ({shown}): edgeseg never overwrites or "
+                         "deletes a file it did not write, even with --force", path=out,
+                         fix="choose a new or empty folder for --out, or move those files away")
+    if m is None:
+        return []
+    if not force:
+        raise InputError(f"already holds {what}", path=out,
+                         fix="pass --force to replace it, or choose another --out")
+    if dry_run:  # checked early, deleted only once the new artifact's inputs are known to be good
+        return []
+    removed = []
+    for rel in sorted(listed):
+        f = member_path(out, rel, fix=rebuild)
+        if f.exists():
+            unlink_own(f)
+            removed.append(f)
+    unlink_own(out / MANIFEST_NAME)
+    for d in sorted((p for p in out.rglob("*") if p.is_dir() and not p.is_symlink()), key=lambda p: -len(p.parts)):
+        try:
+            d.rmdir()  # only folders the removed files leave empty
+        except OSError:
+            pass
+    return removed
 
 
 def member_path(folder: str | Path, name, *, manifest: dict | None = None, fix: str = "") -> Path:

@@ -237,10 +237,27 @@ def test_a_complete_cache_is_not_rebuilt_without_force_and_force_rebuilds(clean,
         build_cache(trunk_dir, support, "liver", out, query=[query], **ARGS)
     assert "--force" in e.value.fix
     (out / "stray.txt").write_text("the user's own file")
+    with pytest.raises(InputError, match=r"holds files that no edgeseg manifest there lists \(stray.txt\)"):
+        build_cache(trunk_dir, support, "liver", out, force=True, log=lambda m: None, **ARGS)  # not even with force
+    assert (out / "stray.txt").read_text() == "the user's own file" and (out / "manifest.json").exists()
+    (out / "stray.txt").unlink()
     manifest = build_cache(trunk_dir, support, "liver", out, force=True, log=lambda m: None, **ARGS)  # no query now
     assert manifest["queries"] == [] and not (out / "cases" / "query-ct").exists()
-    assert (out / "stray.txt").exists()  # force removes what a cache build wrote, nothing else
     assert len(open_cache(out).supports) == 6
+
+
+def test_force_never_turns_another_artifact_or_a_users_folder_into_a_cache(clean, trunk_dir, data, tmp_path):
+    support, _ = data
+    with pytest.raises(InputError, match=r"holds an exported trunk \(edgeseg trunk\), not a feature cache"):
+        build_cache(trunk_dir, support, "liver", trunk_dir, force=True, log=lambda m: None, **ARGS)
+    assert read_manifest(trunk_dir, "trunk")  # the trunk is whole
+    users = tmp_path / "users"
+    (users / "cases" / "mine").mkdir(parents=True)
+    (users / "manifest.json").write_text('{"kind": "feature-cache", "note": "my own"}')
+    (users / "cases" / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(InputError, match="manifest.json that edgeseg did not write"):
+        build_cache(trunk_dir, support, "liver", users, force=True, log=lambda m: None, **ARGS)
+    assert (users / "cases" / "mine" / "notes.txt").read_text() == "precious"
 
 
 def test_unfinished_cache_with_other_settings_and_bad_arguments_are_refused(clean, trunk_dir, data, tmp_path):
@@ -256,7 +273,7 @@ def test_unfinished_cache_with_other_settings_and_bad_arguments_are_refused(clea
         build_cache(trunk_dir, support, "liver", tmp_path / "q", query=[tmp_path / "scan.txt"], **ARGS)
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "other.txt").write_text("x")
-    with pytest.raises(InputError, match="not empty and holds no feature cache"):
+    with pytest.raises(InputError, match=r"holds files that no edgeseg manifest there lists \(other.txt\)"):
         build_cache(trunk_dir, support, "liver", tmp_path / "full", **ARGS)
 
 

@@ -318,28 +318,17 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     from edgeseg.adapters import CUT_OF, build_adapter, count_trainable
     from edgeseg.cache import open_cache
     from edgeseg.runtime.host import idle_cores
-    from edgeseg.runtime.manifest import MANIFEST_NAME, content_hash, read_manifest
+    from edgeseg.runtime.manifest import content_hash, read_manifest
     from edgeseg.train.size_prior import QuerySizeEstimator, target_size_ml
 
     config.check()
     config = config.resolved()
     kind = config.adapter
-    from edgeseg.export.adapter import GRAPH, WEIGHTS
+    from edgeseg.runtime.manifest import OWN_FILES, claim_output
 
     out = Path(out)
-    if (out / MANIFEST_NAME).exists() and not force:
-        raise InputError("already holds an adapter", path=out, fix="pass --force to replace it, or choose another --out")
-    ours = set()
-    if (out / MANIFEST_NAME).exists():
-        try:
-            ours = set(read_manifest(out, ADAPTER_KIND, verify_files=False).get("files") or {})
-        except InputError:
-            ours = set()
-    strangers = [n for n in (WEIGHTS, GRAPH) if (out / n).exists() and n not in ours]
-    if strangers:  # a file of an adapter's name that no edgeseg adapter manifest lists is the user's
-        raise InputError(f"holds {', '.join(strangers)}, which no edgeseg adapter manifest there lists: edgeseg never "
-                         "overwrites a file it did not write, even with --force", path=out,
-                         fix="move those files away, or choose another --out")
+    # only an edgeseg adapter is ever replaced (with --force); a user's files there are refused, even with it
+    claim_output(out, ADAPTER_KIND, force=force, ignore=OWN_FILES, dry_run=True)
     cache = open_cache(cache_dir, verify_files=True)  # every file's sha256: junk is refused before training
     if cache.cut != CUT_OF[kind]:
         raise InputError(f"the {kind} adapter trains on the {CUT_OF[kind]} cut but this cache holds {cache.cut} features",
@@ -405,6 +394,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
                          f"at lr {config.lr:g}; nothing was written", path=out, fix="lower --lr (e.g. by 10x)")
     from edgeseg.export.adapter import save_adapter
 
+    claim_output(out, ADAPTER_KIND, force=force, ignore=OWN_FILES)  # trained: the old adapter's files go
     k = max(1, len(losses) // 200)  # the curve, thinned to at most ~200 points
     body = {
         "adapter": kind, "organ": cache.organ, "cut": cache.cut, "init": init, "trainable_params": count_trainable(adapter),

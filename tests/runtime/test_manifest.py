@@ -132,3 +132,38 @@ def test_a_graph_named_outside_the_listed_files_or_with_external_data_outside_is
     onnx.save(model, str(folder / "g.onnx"))
     with pytest.raises(InputError, match="outside the artifact"):
         graph_path(folder, m, "fp32", "fuse")
+
+
+def test_claim_output_replaces_only_an_edgeseg_artifact_of_its_kind_and_only_its_listed_files(tmp_path):
+    from edgeseg.runtime.manifest import claim_output
+
+    assert claim_output(tmp_path / "new", "engine", force=False) == []
+    art = tmp_path / "art"
+    (art / "sub").mkdir(parents=True)
+    (art / "sub" / "w.bin").write_bytes(b"w")
+    write_manifest(art, "adapter", {}, ["sub/w.bin"])
+    assert json.loads((art / MANIFEST_NAME).read_text())["written_by"].startswith("edgeseg ")
+    for force in (False, True):  # another kind: named, and never replaced
+        with pytest.raises(InputError, match=r"holds an adapter \(edgeseg adapter\), not a fused engine"):
+            claim_output(art, "engine", force=force)
+    with pytest.raises(InputError, match="already holds an adapter") as e:
+        claim_output(art, "adapter", force=False)
+    assert "--force" in e.value.fix
+    (art / "notes.txt").write_text("the user's")
+    with pytest.raises(InputError, match=r"no edgeseg manifest there lists \(notes.txt\)"):
+        claim_output(art, "adapter", force=True)
+    (art / "notes.txt").unlink()
+    (art / ".edgeseg.lock").write_text("")
+    removed = claim_output(art, "adapter", force=True, ignore=(".edgeseg.lock",))
+    assert removed == [art / "sub" / "w.bin"] and sorted(p.name for p in art.iterdir()) == [".edgeseg.lock"]
+
+
+def test_a_manifest_edgeseg_did_not_write_is_never_taken_for_an_artifact(tmp_path):
+    from edgeseg.runtime.manifest import claim_output
+
+    (tmp_path / MANIFEST_NAME).write_text(json.dumps({"kind": "trunk", "mine": True}))
+    (tmp_path / "cases").mkdir()
+    (tmp_path / "cases" / "x.txt").write_text("precious")
+    with pytest.raises(InputError, match="manifest.json that edgeseg did not write"):
+        claim_output(tmp_path, "trunk", force=True)
+    assert (tmp_path / "cases" / "x.txt").read_text() == "precious"

@@ -260,7 +260,7 @@ def test_a_users_files_named_like_an_adapters_are_never_overwritten_even_with_fo
     out.mkdir()
     (out / "adapter.safetensors").write_bytes(b"the user's own weights")
     for force in (False, True):
-        with pytest.raises(InputError, match="no edgeseg adapter manifest there lists"):
+        with pytest.raises(InputError, match="no edgeseg manifest there lists"):
             adapt(liver_cache, out, AdaptConfig(adapter="lp", steps=1, seed=0), force=force)
     assert (out / "adapter.safetensors").read_bytes() == b"the user's own weights"
     adapt(liver_cache, tmp_path / "ours", AdaptConfig(adapter="lp", steps=1, seed=0))
