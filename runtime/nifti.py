@@ -150,7 +150,39 @@ def check_affine(affine: np.ndarray, path: Path) -> np.ndarray:
     if np.any(spacing < 1e-3) or np.any(spacing > 100):
         raise InputError(f"voxel spacing {tuple(np.round(spacing, 4))} mm is implausible", path=path,
                          fix="repair the header's pixdim/qform/sform (spacing must be between 0.001 and 100 mm)")
+    cos = (affine[:3, :3] / spacing).T @ (affine[:3, :3] / spacing)
+    off = np.abs(cos - np.diag(np.diag(cos)))
+    if off.max() > MAX_AXIS_COSINE:
+        i, j = np.unravel_index(int(np.argmax(off)), off.shape)
+        angle = float(np.degrees(np.arccos(np.clip(abs(cos[i, j]), 0.0, 1.0))))
+        raise InputError(f"its voxel axes {i} and {j} meet at {angle:.2f} degrees, not 90: a sheared or degenerate grid "
+                         "(gantry tilt kept as a shear, or a broken sform) that no resampling here handles exactly",
+                         path=path, fix="convert the scan again with the tilt corrected (dcm2niix does by default) "
+                                        "or resample it to an orthogonal grid")
     return affine
+
+
+# Axes of a scanner grid are orthogonal; 0.01 (about 0.6 degrees) leaves room for rounding in real headers.
+MAX_AXIS_COSINE = 0.01
+# qform and sform may differ by rounding; beyond this (mm, at any corner of the volume) they describe
+# different positions, and which one a reader uses decides where the organ is.
+MAX_QFORM_SFORM_MM = 0.5
+
+
+def check_qform_sform(img, shape3, path: Path) -> None:
+    """Refuse a header whose qform and sform (both set) place the volume differently."""
+    hdr = img.header
+    q, qcode = hdr.get_qform(coded=True)
+    sf, scode = hdr.get_sform(coded=True)
+    if q is None or sf is None or not qcode or not scode:
+        return
+    shape = np.asarray(shape3, dtype=np.float64)
+    corners = np.array([[x, y, z, 1.0] for x in (0, shape[0] - 1) for y in (0, shape[1] - 1) for z in (0, shape[2] - 1)])
+    gap = float(np.abs(corners @ (np.asarray(q) - np.asarray(sf)).T)[:, :3].max())
+    if gap > MAX_QFORM_SFORM_MM:
+        raise InputError(f"its qform and sform disagree: they place the volume up to {gap:.1f} mm apart (nibabel, "
+                         "and so edgeseg, would use the sform; another viewer may use the qform)", path=path,
+                         fix="make them agree (e.g. nibabel: img.set_qform(img.get_sform())) or convert the scan again")
 
 
 def scan_geometry(path: str | Path, *, volume: int | None = None) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -159,7 +191,9 @@ def scan_geometry(path: str | Path, *, volume: int | None = None) -> tuple[tuple
     img = open_nifti(path)
     check_header(img, path)
     shape3, _ = select_volume(img.shape, path, volume)
-    return shape3, check_affine(img.affine, path)
+    affine = check_affine(img.affine, path)
+    check_qform_sform(img, shape3, path)
+    return shape3, affine
 
 
 def load_scan(path: str | Path, *, label: bool = False, volume: int | None = None, hu_check: bool = True) -> Scan:
@@ -173,6 +207,7 @@ def load_scan(path: str | Path, *, label: bool = False, volume: int | None = Non
     check_header(img, path)
     shape3, index = select_volume(img.shape, path, volume)
     affine = check_affine(img.affine, path)
+    check_qform_sform(img, shape3, path)
     try:
         if index is not None:  # read one volume through the proxy: the series is never loaded whole
             data = np.asarray(img.dataobj[(slice(None),) * 3 + (index,)])

@@ -209,3 +209,31 @@ def test_intensities_that_cannot_be_hounsfield_units_are_refused_with_what_they_
 def test_a_real_ct_and_a_phantom_pass_the_hounsfield_check(real_ct, tmp_path):
     assert load_scan(real_ct).data.min() <= -1000
     assert load_scan(save_nifti(tmp_path / "ct.nii.gz", _ct_like(), AFF)).shape == (16, 16, 8)
+
+
+@pytest.mark.parametrize("name,affine,why", [
+    ("shear", np.array([[1.0, np.tan(np.radians(30)), 0, 0], [0, 1, 0, 0], [0, 0, 2.5, 0], [0, 0, 0, 1]]),
+     "meet at 60.00 degrees"),
+    ("degenerate", np.array([[1.0, 1.0, 0, 0], [0, 0.001, 0, 0], [0, 0, 2.0, 0], [0, 0, 0, 1]]), "meet at 0.06 degrees"),
+])
+def test_a_sheared_or_degenerate_grid_is_refused(tmp_path, name, affine, why):
+    p = save_nifti(tmp_path / f"{name}.nii.gz", _ct_like(), affine)
+    with pytest.raises(InputError, match="not 90: a sheared or degenerate grid") as e:
+        load_scan(p)
+    assert why in e.value.problem and "dcm2niix" in e.value.fix
+
+
+def test_qform_and_sform_that_place_the_volume_differently_are_refused(tmp_path):
+    sform = np.diag([0.8, 0.8, 2.0, 1.0])
+    qform = sform.copy()
+    qform[:3, 3] = (0.0, 0.0, 5.0)  # 5 mm apart
+    img = nib.Nifti1Image(_ct_like(), sform)
+    img.header.set_sform(sform, code=1)
+    img.header.set_qform(qform, code=1)
+    p = tmp_path / "qs.nii.gz"
+    nib.save(img, str(p))
+    with pytest.raises(InputError, match="qform and sform disagree: they place the volume up to 5.0 mm apart"):
+        load_scan(p)
+    img.header.set_qform(sform, code=1)  # agreeing (up to rounding): fine
+    nib.save(img, str(p))
+    assert load_scan(p).shape == (16, 16, 8)
