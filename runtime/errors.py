@@ -137,6 +137,13 @@ def internal_errors() -> Iterator[None]:
         yield
     except EdgesegError:
         raise
+    except MemoryError as e:
+        if os.environ.get("EDGESEG_DEBUG"):
+            raise
+        raise ResourceError(f"ran out of memory ({type(e).__name__}{': ' + str(e) if str(e) else ''}); nothing "
+                            "unfinished was kept",
+                            fix="free memory or run on a machine with more; for predict, --max-memory makes edgeseg "
+                                "refuse a scan that will not fit before reading it; crop very large scans") from None
     except KeyboardInterrupt:
         raise Interrupted("interrupted (Ctrl-C); nothing unfinished was kept",
                           fix="run the same command again to resume: finished cases are kept, the rest is redone") from None

@@ -29,16 +29,75 @@ def memory_gib() -> float | None:
     return None
 
 
-def available_memory_bytes() -> int | None:
-    """Memory the machine can give without swapping (MemAvailable), or None where unknown."""
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as fh:
+            text = fh.read().split()[0]
+    except (OSError, IndexError):
+        return None
+    return None if text == "max" else int(text) if text.isdigit() else None
+
+
+def _own_cgroup_dirs() -> list[str]:
+    """This process's cgroup folders (v2 unified, then v1 memory controller), where they can be read."""
+    dirs = []
+    try:
+        with open("/proc/self/cgroup") as fh:
+            for line in fh:
+                _, controllers, rel = line.rstrip("\n").split(":", 2)
+                if controllers == "":
+                    dirs.append("/sys/fs/cgroup" + rel)
+                elif "memory" in controllers.split(","):
+                    dirs.append("/sys/fs/cgroup/memory" + rel)
+    except (OSError, ValueError):
+        pass
+    return dirs + ["/sys/fs/cgroup", "/sys/fs/cgroup/memory"]
+
+
+def memory_limits() -> list[tuple[int, str]]:
+    """Every limit on the memory this process may still take, in bytes, with where it comes from:
+    the machine's MemAvailable, its cgroup (v2 memory.max - memory.current, v1 limit - usage: a container's
+    limit, which MemAvailable does not see) and RLIMIT_AS (ulimit -v) minus the address space in use."""
+    out: list[tuple[int, str]] = []
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    out.append((int(line.split()[1]) * 1024, "MemAvailable"))
+                    break
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    for d in _own_cgroup_dirs():
+        limit, used = _read_int(f"{d}/memory.max"), _read_int(f"{d}/memory.current")
+        source = "the cgroup's memory.max"
+        if limit is None:
+            limit, used = _read_int(f"{d}/memory.limit_in_bytes"), _read_int(f"{d}/memory.usage_in_bytes")
+            source = "the cgroup's memory.limit_in_bytes"
+        if limit is not None and limit < 1 << 60:  # v1 reports "no limit" as a huge number
+            out.append((max(0, limit - (used or 0)), source))
+            break
+    try:
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/statm") as fh:
+                vsize = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            out.append((max(0, soft - vsize), "RLIMIT_AS (ulimit -v)"))
+    except (OSError, ValueError, AttributeError):
+        pass
+    return out
+
+
+def available_memory() -> tuple[int | None, str]:
+    """(bytes this process can still take, which limit that is): the tightest of `memory_limits`."""
+    limits = memory_limits()
+    if not limits:
+        return None, "unknown"
+    return min(limits)
+
+
+def available_memory_bytes() -> int | None:
+    """Memory this process can take without swapping or being killed, or None where unknown."""
+    return available_memory()[0]
 
 
 def host_description() -> dict:

@@ -31,11 +31,14 @@ import numpy as np
 from edgeseg.runtime.atomic import (refuse_link, remove_stale_temporaries, unlink_own, write_small_text,
                                     write_text_atomic)
 from edgeseg.runtime.errors import InputError, ResourceError, user_facing_os_errors
-from edgeseg.runtime.host import available_memory_bytes, current_rss_gib, peak_rss_gib
+from edgeseg.runtime.host import available_memory, available_memory_bytes, current_rss_gib, peak_rss_gib
 from edgeseg.runtime.lock import output_lock
 from edgeseg.runtime.nifti import is_nifti_path, load_scan, open_nifti, save_like, scan_geometry
 
 GIB = 2**30
+
+
+MAX_MEMORY_GIB = 1 << 20  # 1 PiB: anything larger is a typo, not a budget
 
 
 @dataclass(frozen=True)
@@ -60,9 +63,10 @@ class PredictOptions:
                                         or self.volume < 0):
             raise InputError(f"--volume {self.volume!r} must be a whole number >= 0", fix="e.g. --volume 0")
         if self.max_memory_gib is not None and not (isinstance(self.max_memory_gib, (int, float))
-                                                    and math.isfinite(self.max_memory_gib) and self.max_memory_gib > 0):
-            raise InputError(f"--max-memory {self.max_memory_gib!r} must be a positive number of GiB",
-                             fix="e.g. --max-memory 8")
+                                                    and math.isfinite(self.max_memory_gib)
+                                                    and 0 < self.max_memory_gib <= MAX_MEMORY_GIB):
+            raise InputError(f"--max-memory {self.max_memory_gib!r} must be a positive number of GiB, at most "
+                             f"{MAX_MEMORY_GIB:,}", fix="e.g. --max-memory 8")
         if self.prefetch not in ("auto", "on", "off"):
             raise InputError(f"--prefetch {self.prefetch!r} must be auto, on or off", fix="e.g. --prefetch auto")
 
@@ -280,9 +284,10 @@ def check_memory(engine, path: Path, opts: PredictOptions) -> dict:
     if opts.max_memory_gib is not None:
         budget, source = int(opts.max_memory_gib * GIB), f"--max-memory {opts.max_memory_gib:g}"
     else:
-        available = available_memory_bytes()
+        available, limit = available_memory()
         budget = None if available is None else resident + available
-        source = f"the {(available or 0) / GIB:.1f} GiB this machine has available now (no --max-memory given)"
+        source = (f"the {(available or 0) / GIB:.1f} GiB this process can still take now ({limit}; no --max-memory "
+                  "given)")
     info = {"input_shape": list(shape), "model_shape": list(t.model_shape), "estimated_peak_gib": round(est["peak"] / GIB, 3),
             "resident_gib": round(resident / GIB, 3), "budget_gib": None if budget is None else round(budget / GIB, 3)}
     if budget is not None and need > budget:

@@ -25,6 +25,9 @@ from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.nifti import Scan, load_scan
 
 
+MAX_WINDOW = 512  # voxels per side: one 512^3 window at feature size 48 is already ~26 GB of float32 features
+
+
 @dataclass(frozen=True)
 class PreprocessSpec:
     """How a CT becomes model input; every public SwinUNETR CT checkpoint of the paper's family uses these."""
@@ -43,10 +46,11 @@ class PreprocessSpec:
             problems.append(f"spacing {self.spacing} must be three positive numbers (mm)")
         if not self.hu_max > self.hu_min:
             problems.append(f"HU window [{self.hu_min}, {self.hu_max}] is empty")
-        if len(self.window) != 3 or any(w % 32 or w < 64 for w in self.window):
+        if len(self.window) != 3 or any(w % 32 or w < 64 or w > MAX_WINDOW for w in self.window):
             problems.append(
-                f"window {self.window} must have three sides, each a multiple of 32 and >= 64 "
-                "(SwinUNETR downsamples 32x; MONAI's deepest InstanceNorm fails below 64)"
+                f"window {self.window} must have three sides, each a multiple of 32 from 64 to {MAX_WINDOW} "
+                "(SwinUNETR downsamples 32x; MONAI's deepest InstanceNorm fails below 64; a larger window's "
+                "activations would not fit any machine's memory)"
             )
         if self.orientation != "RAS":
             problems.append(f"orientation {self.orientation!r}: only 'RAS' is supported")

@@ -230,9 +230,10 @@ def test_a_scan_over_the_memory_budget_is_refused_with_the_number_needed(tmp_pat
     assert err.path == str(path) and f"needs about {need:.1f} GiB" in err.problem and "401x401x401" in err.problem
     assert "--max-memory 1" in err.problem and f"--max-memory {need:.1f}" in err.fix and "crop" in err.fix
     assert err.exit_code == 2 and listing(out) == [] and engine.backend.calls == 0  # refused before any work
-    # Without --max-memory the budget is what the machine has available now.
-    monkeypatch.setattr(predict_mod, "available_memory_bytes", lambda: int(0.25 * GIB))
-    with pytest.raises(ResourceError, match=r"0\.2 GiB this machine has available now \(no --max-memory given\)"):
+    # Without --max-memory the budget is what the process can take now, and the message says which limit
+    monkeypatch.setattr(predict_mod, "available_memory", lambda: (int(0.25 * GIB), "the cgroup's memory.max"))
+    with pytest.raises(ResourceError, match=r"0\.2 GiB this process can still take now \(the cgroup's memory.max; "
+                                            r"no --max-memory given\)"):
         predict_many(engine, [path], out, PredictOptions())
 
 
@@ -353,3 +354,48 @@ def test_sigint_stops_a_real_run_promptly_and_cleanly(scan, tmp_path):
     assert proc.returncode == 130, stderr
     assert stopped < 5.0 and "interrupted (Ctrl-C)" in stderr and "Traceback" not in stderr
     assert listing(out) == []
+
+
+# --- limits beyond MemAvailable (issue 14, class 10) ---------------------------------------------------
+def test_a_cgroup_limit_is_the_budget_when_it_is_tighter_than_the_machine(tmp_path, monkeypatch):
+    import edgeseg.runtime.host as host
+
+    cg = tmp_path / "cg"
+    cg.mkdir()
+    (cg / "memory.max").write_text(str(3 * 2**30) + "\n")
+    (cg / "memory.current").write_text(str(2 * 2**30) + "\n")
+    monkeypatch.setattr(host, "_own_cgroup_dirs", lambda: [str(cg)])
+    avail, source = host.available_memory()
+    assert avail == 2**30 and source == "the cgroup's memory.max"
+    (cg / "memory.max").write_text("max\n")  # no limit: the machine's MemAvailable again
+    assert host.available_memory()[1] == "MemAvailable"
+
+
+def test_rlimit_as_counts_as_a_memory_limit():
+    import subprocess
+    import sys
+
+    code = (
+        "import resource, sys, json\n"
+        "from edgeseg.runtime.host import memory_limits\n"
+        "print(json.dumps(memory_limits()))\n"
+    )
+    done = subprocess.run(["bash", "-c", f"ulimit -v 4000000 && {sys.executable} -c '{code}'"], capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr
+    sources = [s for _, s in json.loads(done.stdout)]
+    assert "RLIMIT_AS (ulimit -v)" in sources
+
+
+def test_out_of_memory_anywhere_is_a_resource_error_and_absurd_budgets_or_windows_are_refused():
+    from edgeseg.runtime.errors import internal_errors
+    from edgeseg.runtime.preprocess import PreprocessSpec
+
+    with pytest.raises(ResourceError, match="ran out of memory") as e:
+        with internal_errors():
+            raise MemoryError("Unable to allocate 512. GiB")
+    assert e.value.exit_code == 2 and "--max-memory" in e.value.fix
+    with pytest.raises(InputError, match="must be a positive number of GiB, at most"):
+        PredictOptions(max_memory_gib=1e308)
+    with pytest.raises(InputError, match="multiple of 32 from 64 to 512"):
+        PreprocessSpec(window=(1024, 1024, 1024))
