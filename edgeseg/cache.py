@@ -529,6 +529,53 @@ def _check_out(out: Path, trunk_hash: str, trunk_folder: str, plan: dict, force:
     return False
 
 
+def _build_cases(trunk, items, cases_dir: Path, settings: dict, drawn: dict, seed, ran: dict, progress, log):
+    """Compute (or keep, when complete from an interrupted run) every case; returns (metas, computed, kept)."""
+    for leftover in cases_dir.glob(f".*{PARTIAL_SUFFIX}"):
+        refuse_link(leftover, doing="deletes")
+        log(f"removing the unfinished case {leftover.name} left by an interrupted run")
+        shutil.rmtree(leftover)
+    metas: dict[str, dict] = {}
+    computed, skipped = [], []
+    s = {**settings, "organ": drawn["organ"]}
+    for n, item in enumerate(items):
+        final = cases_dir / item.id
+        refuse_link(final)
+        refuse_link(cases_dir / f".{item.id}{PARTIAL_SUFFIX}")
+        if final.exists():
+            if _case_complete(final):
+                metas[item.id] = json.loads((final / "meta.json").read_text())
+                skipped.append(item.id)
+                log(f"{item.id}: already cached, kept")
+                if progress:
+                    progress(n + 1, len(items))
+                continue
+            shutil.rmtree(final)
+        partial = cases_dir / f".{item.id}{PARTIAL_SUFFIX}"
+        partial.mkdir()
+        tc = time.perf_counter()
+        try:
+            meta = (_support_case(trunk, item, partial, s, int(seed)) if item.role == "support"
+                    else _query_case(trunk, item, partial, s))
+            meta["ran"] = {"backend": ran["backend"], "precision": ran["precision"], "device": ran["device"],
+                           "graph": trunk.graph_precision}
+            meta["seconds"] = round(time.perf_counter() - tc, 3)
+            _write_json(partial / "meta.json", meta)
+            _commit_case(partial, final)
+        except BaseException:  # disk full, Ctrl-C, a bad scan: the unfinished case leaves nothing behind
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        metas[item.id] = meta
+        computed.append(item.id)
+        what = (f"positive box {'x'.join(str(b - a) for a, b in meta['regions'][0]['box'])} + "
+                f"{len(meta['regions']) - 1} negative window(s)" if item.role == "support"
+                else f"whole scan pooled {meta['pool']}x -> {'x'.join(map(str, meta['cropped_shape']))} / {meta['pool']}")
+        log(f"{item.id}: {what}, {meta['windows_run']} window(s), {meta['bytes'] / 1e6:.1f} MB, {meta['seconds']:.1f} s")
+        if progress:
+            progress(n + 1, len(items))
+    return metas, computed, skipped
+
+
 @locks_output("edgeseg cache")  # one run per --out: a second one is refused
 def build_cache(trunk_dir, data: str | Path, organ: str, out: str | Path, *, k: int | None = None, seed: int = 0,
                 query: Sequence[str | Path] = (), margin_mm: float = 20.0, negatives_per_case: int = 2,
@@ -594,54 +641,19 @@ def build_cache(trunk_dir, data: str | Path, organ: str, out: str | Path, *, k: 
             _wipe(out)
         cases_dir = out / CASES_DIR
         refuse_link(cases_dir)
+        fresh = not resuming and not cases_dir.exists()  # this run begins the cache: a refusal must leave nothing
         cases_dir.mkdir(parents=True, exist_ok=True)
         if not resuming:
             write_text_atomic(out / PLAN_NAME, json.dumps({"kind": "feature-cache-plan", "trunk": {
                 "folder": trunk_folder, "manifest_sha256": trunk_hash}, "plan": plan}, indent=1) + "\n", force=True)
             fsync_dir(out)
-        for leftover in cases_dir.glob(f".*{PARTIAL_SUFFIX}"):
-            refuse_link(leftover, doing="deletes")
-            log(f"removing the unfinished case {leftover.name} left by an interrupted run")
-            shutil.rmtree(leftover)
-        metas: dict[str, dict] = {}
-        computed, skipped = [], []
-        s = {**settings, "organ": drawn["organ"]}
-        for n, item in enumerate(items):
-            final = cases_dir / item.id
-            refuse_link(final)
-            refuse_link(cases_dir / f".{item.id}{PARTIAL_SUFFIX}")
-            if final.exists():
-                if _case_complete(final):
-                    metas[item.id] = json.loads((final / "meta.json").read_text())
-                    skipped.append(item.id)
-                    log(f"{item.id}: already cached, kept")
-                    if progress:
-                        progress(n + 1, len(items))
-                    continue
-                shutil.rmtree(final)
-            partial = cases_dir / f".{item.id}{PARTIAL_SUFFIX}"
-            partial.mkdir()
-            tc = time.perf_counter()
-            try:
-                meta = (_support_case(trunk, item, partial, s, int(seed)) if item.role == "support"
-                        else _query_case(trunk, item, partial, s))
-                meta["ran"] = {"backend": ran["backend"], "precision": ran["precision"], "device": ran["device"],
-                               "graph": trunk.graph_precision}
-                meta["seconds"] = round(time.perf_counter() - tc, 3)
-                _write_json(partial / "meta.json", meta)
-                _commit_case(partial, final)
-            except BaseException:  # disk full, Ctrl-C, a bad scan: the unfinished case leaves nothing behind
-                shutil.rmtree(partial, ignore_errors=True)
-                raise
-            metas[item.id] = meta
-            computed.append(item.id)
-            what = (f"positive box {'x'.join(str(b - a) for a, b in meta['regions'][0]['box'])} + "
-                    f"{len(meta['regions']) - 1} negative window(s)" if item.role == "support"
-                    else f"whole scan pooled {meta['pool']}x -> {'x'.join(map(str, meta['cropped_shape']))} / {meta['pool']}")
-            log(f"{item.id}: {what}, {meta['windows_run']} window(s), {meta['bytes'] / 1e6:.1f} MB, {meta['seconds']:.1f} s")
-            if progress:
-                progress(n + 1, len(items))
-
+        try:
+            metas, computed, skipped = _build_cases(trunk, items, cases_dir, settings, drawn, seed, ran, progress, log)
+        except InputError:
+            if fresh and not any(cases_dir.iterdir()):  # refused before a single case: no cache.json, no cases/
+                unlink_own(out / PLAN_NAME)
+                cases_dir.rmdir()
+            raise
         files = [Path(PLAN_NAME)]
         case_bytes = {}
         for item in items:

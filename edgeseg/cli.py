@@ -55,9 +55,11 @@ def _user_errors(as_json: bool) -> Iterator[None]:
 
             _console(stderr=True).print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
         raise typer.Exit(e.exit_code) from None
-    except KeyboardInterrupt:
-        _console(stderr=True).print("[yellow]interrupted[/]")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:
+        from edgeseg.runtime.errors import Terminated
+
+        _console(stderr=True).print("[yellow]terminated[/]" if isinstance(e, Terminated) else "[yellow]interrupted[/]")
+        raise typer.Exit(143 if isinstance(e, Terminated) else 130) from None
 
 
 def _parse_spacing(text: Optional[str]) -> Optional[tuple[float, float, float]]:
@@ -170,7 +172,7 @@ def export(
     feature_size: Optional[int] = typer.Option(None, "--feature-size", help="Override the feature size read from the checkpoint."),
     spec_file: Optional[Path] = typer.Option(None, "--spec", help="Model spec JSON (overrides what the checkpoint tells)."),
     allow_partial: bool = typer.Option(False, "--allow-partial", help="Accept a checkpoint with missing trunk tensors."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the parity runs."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the parity runs."),
     force: bool = typer.Option(False, "--force", help="Replace an existing export in --out."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -222,7 +224,7 @@ def pretrain(
     resume: bool = typer.Option(False, "--resume", help="Continue from the training state in --out (same options)."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", min=0.0,
                                                 help="Stop this run at the first state save after N minutes of training; continue with --resume."),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
     force: bool = typer.Option(False, "--force", help="Replace existing weights or an unfinished state in --out."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -271,7 +273,7 @@ def cache(
     seed: int = typer.Option(0, "--seed", help="Seed of the support draw and the negative windows."),
     query: list[Path] = typer.Option([], "--query", help="Unlabelled scan(s) for the size prior (--ti); repeatable."),
     backend: str = typer.Option("auto", "--backend", help="auto, ort, openvino, torch or tensorrt (auto prints which ran)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads for the trunk."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for the trunk."),
     force: bool = typer.Option(False, "--force", help="Replace an existing cache in --out."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -319,7 +321,7 @@ def adapt(
     holdout: bool = typer.Option(True, "--holdout/--no-holdout", help="With K >= 5, leave one support out to pick the kept state and stop early."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop after N minutes at the best state so far (and say so)."),
     seed: int = typer.Option(0, "--seed"),
-    threads: Optional[int] = typer.Option(None, "--threads", help="CPU threads (default: the cores idle now)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads (default: the cores idle now)."),
     force: bool = typer.Option(False, "--force", help="Replace an existing adapter in --out."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -398,7 +400,7 @@ def predict(
     lcc: bool = typer.Option(False, "--lcc", help="Keep each organ's largest connected component."),
     save_prob: bool = typer.Option(False, "--save-prob", help="Also write <case>_<organ>_prob.nii.gz."),
     preview: bool = typer.Option(False, "--preview", help="Also write <case>_preview.png (three slices, contours)."),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
     volume: Optional[int] = typer.Option(None, "--volume", min=0, help="For 4D series: which volume to segment (0-based)."),
     max_memory: Optional[float] = typer.Option(
         None, "--max-memory", help="Memory budget in GiB for the whole run (default: what is available now); "
@@ -420,13 +422,19 @@ def predict(
         opts = PredictOptions(overlap=overlap, sw_batch=sw_batch, threshold=threshold, lcc=lcc, save_prob=save_prob,
                               preview=preview, force=force, volume=volume, max_memory_gib=max_memory,
                               reuse_blank=reuse_blank, prefetch=prefetch, hu_check=hu_check)
+        from edgeseg.runtime.lock import output_lock
+        from edgeseg.runtime.predict import check_out_folder, collect_inputs
+
         con = _console(stderr=as_json)
-        with open_engine(engine, backend=backend, precision=precision, threads=threads) as eng:
+        scans = collect_inputs(inputs)  # the inputs, the output folder and its lock before the engine loads (seconds)
+        check_out_folder(out, inputs, scans)
+        with output_lock(out, "edgeseg predict"), \
+                open_engine(engine, backend=backend, precision=precision, threads=threads) as eng:
             con.print(escape(f"engine {engine}: {', '.join(eng.organs)} on {eng.ran['backend']} {eng.ran['precision']} "
                              f"({eng.ran['device']})"), highlight=False)
             with Progress(console=con, transient=True) as bar:
                 task = bar.add_task("segmenting", total=None)
-                reports = predict_many(eng, inputs, out, opts,
+                reports = predict_many(eng, scans, out, opts, locked=True,
                                        progress=lambda done, total: bar.update(task, completed=done, total=total),
                                        log=lambda msg: con.print(escape(msg), highlight=False))
         if as_json:
@@ -458,7 +466,7 @@ def fewshot(
     n_cases: int = typer.Option(22, "--n-cases", min=2, help="Target-domain phantoms (queries + support pool)."),
     n_query: int = typer.Option(5, "--n-query", min=1, help="Query scans per organ (the same for every run)."),
     model_steps: int = typer.Option(300, "--model-steps", min=1, help="Steps for scratch and ft (adapters use `edgeseg adapt`'s defaults)."),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
     as_json: bool = JSON_OPT,
 ) -> None:
     """The paper's few-shot protocol on target-domain phantoms: DSC per method, K and organ (resumable)."""
@@ -500,7 +508,7 @@ def demo(
     k: int = typer.Option(5, "--k", min=1, help="Support phantoms."),
     seed: int = typer.Option(0, "--seed"),
     backend: str = typer.Option("auto", "--backend", help="auto, ort, openvino, torch (auto prints which ran)."),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
     force: bool = typer.Option(False, "--force", help="Run again into an --out that holds a finished demo."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -610,7 +618,7 @@ BENCH_BASELINE_OPT = typer.Option(None, "--baseline", help="Configuration the ra
 BENCH_BATCH_OPT = typer.Option("1,4", "--batch", help="Batch sizes, comma-separated.")
 BENCH_WARMUP_OPT = typer.Option(3, "--warmup", min=0, help="Untimed calls after the first.")
 BENCH_RUNS_OPT = typer.Option(10, "--runs", min=1, help="Timed calls per configuration and batch.")
-BENCH_THREADS_OPT = typer.Option(None, "--threads", help="CPU threads per backend (default: all cores).")
+BENCH_THREADS_OPT = typer.Option(None, "--threads", min=1, help="CPU threads per backend (default: all cores).")
 
 
 def _bench_run(json_path: Optional[Path], out: Optional[Path], name: Optional[str], run) -> None:
@@ -678,7 +686,7 @@ def bench_scan(
     z_range: str = typer.Option("-300,150", "--z-range", help="Phantom extent along z, mm (bottom,top)."),
     backend: str = typer.Option("auto", "--backend", help="auto, ort, openvino or tensorrt."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or bf16 (default: the backend's)."),
-    threads: Optional[int] = typer.Option(None, "--threads"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
     overlap: float = typer.Option(0.25, "--overlap", min=0.0, max=0.95),
     sw_batch: int = typer.Option(1, "--sw-batch", min=1),
     reuse_blank: bool = typer.Option(True, "--reuse-blank/--run-every-window",
@@ -714,7 +722,7 @@ def bench_adapt(
     modes: str = typer.Option("cached,trunk-per-step,full-finetune", "--modes", help="cached, trunk-per-step (the paper's way), full-finetune."),
     adapters: str = typer.Option("lp,spatial,decoder-block", "--adapters", help="Adapters, comma-separated."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    threads: Optional[int] = typer.Option(2, "--threads"),
+    threads: Optional[int] = typer.Option(2, "--threads", min=1),
     region: int = typer.Option(128, "--region", help="Side of each synthetic cached organ region, voxels."),
     timeout: Optional[float] = BENCH_TIMEOUT_OPT, workdir: Optional[Path] = BENCH_WORKDIR_OPT,
     out: Optional[Path] = BENCH_OUT_OPT, name: Optional[str] = BENCH_NAME_OPT, json_path: Optional[Path] = BENCH_JSON_OPT,
@@ -732,6 +740,19 @@ def bench_adapt(
 
 
 def main() -> None:
+    import logging
+    import signal
+    import warnings
+
+    from edgeseg.runtime.errors import Terminated
+
+    def _terminate(signum, frame):  # SIGTERM (kill, a scheduler's timeout) stops a run as Ctrl-C does: cleanup, exit 143
+        raise Terminated()
+
+    signal.signal(signal.SIGTERM, _terminate)
+    if not os.environ.get("EDGESEG_DEBUG"):  # libraries' warnings are for their developers, not for a user's terminal
+        warnings.filterwarnings("ignore")
+        logging.getLogger("nibabel").setLevel(logging.ERROR)
     app()
 
 

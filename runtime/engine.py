@@ -93,7 +93,7 @@ class Engine(OpenedArtifact):
                              fix="pass the preprocessed image with one channel axis, e.g. prepared.image[None]")
         if not isinstance(batch_size, int) or not 1 <= batch_size <= self.max_batch:
             raise InputError(f"batch_size {batch_size!r} must be between 1 and the exported maximum {self.max_batch}",
-                             fix=f"pass --batch 1..{self.max_batch}")
+                             fix=f"pass --sw-batch 1..{self.max_batch} (or export and fuse again with a larger --batch)")
         volume = np.asarray(volume_chw, dtype=np.float32)
         outs = sliding_window(volume, self.window, self.backend.predict, overlap=overlap, batch_size=batch_size,
                               progress=progress, skip=skip, out_dtype=np.float32, stats=stats,

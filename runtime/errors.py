@@ -87,6 +87,16 @@ class Interrupted(EdgesegError):
     exit_code = 130
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM turned into an exception (by the CLI), so a run stops as on Ctrl-C: cleanup, a message."""
+
+
+class TerminatedError(Interrupted):
+    """The run was terminated (SIGTERM): exit code 143 (128 + 15), as shells expect."""
+
+    exit_code = 143
+
+
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
 NO_PERMISSION_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS})
 
@@ -144,6 +154,9 @@ def internal_errors() -> Iterator[None]:
                             "unfinished was kept",
                             fix="free memory or run on a machine with more; for predict, --max-memory makes edgeseg "
                                 "refuse a scan that will not fit before reading it; crop very large scans") from None
+    except Terminated:
+        raise TerminatedError("terminated (SIGTERM); nothing unfinished was kept",
+                              fix="run the same command again to resume: finished cases are kept, the rest is redone") from None
     except KeyboardInterrupt:
         raise Interrupted("interrupted (Ctrl-C); nothing unfinished was kept",
                           fix="run the same command again to resume: finished cases are kept, the rest is redone") from None

@@ -45,6 +45,14 @@ def open_nifti(path: Path) -> nib.Nifti1Image:
         raise InputError("is a folder, not a NIfTI file", path=path, fix="give a .nii or .nii.gz file")
     if not is_nifti_path(path):
         raise InputError("not a NIfTI file name (expected .nii or .nii.gz)", path=path, fix="convert the scan to NIfTI (e.g. dcm2niix)")
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    gz_name, gz_data = path.name.lower().endswith(".gz"), magic == b"\x1f\x8b"
+    if gz_name and not gz_data:
+        raise InputError("is named .nii.gz but is not gzip-compressed (an uncompressed NIfTI renamed?)", path=path,
+                         fix="rename it to .nii, or compress it (gzip -k FILE, then name it .nii.gz)")
+    if gz_data and not gz_name:
+        raise InputError("is gzip-compressed but named .nii", path=path, fix="rename it to .nii.gz")
     try:
         img = nib.load(str(path))
     except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error, gzip.BadGzipFile, ValueError) as e:
@@ -98,6 +106,11 @@ def check_header(img, path: Path) -> None:
             raw = type(img.header).from_fileobj(fh, check=False)
     except (OSError, EOFError, ValueError, zlib.error):
         raw = img.header
+    slope = float(raw["scl_slope"]) if "scl_slope" in raw else 0.0
+    if not np.isfinite(slope) or abs(slope) > 1e6 or (slope != 0 and abs(slope) < 1e-6):
+        raise InputError(f"header scl_slope {slope:g} is not a plausible intensity scaling (CT uses 1)", path=path,
+                         fix="repair the header's scl_slope/scl_inter (CT: slope 1, intercept -1024 or 0), or "
+                             "convert the scan again")
     dims = int(raw["dim"][0])
     pixdim = np.asarray(raw["pixdim"][1:1 + min(3, dims)], dtype=np.float64)
     if np.any(~np.isfinite(pixdim)) or np.any(pixdim == 0):

@@ -67,6 +67,10 @@ class PredictOptions:
                                                     and 0 < self.max_memory_gib <= MAX_MEMORY_GIB):
             raise InputError(f"--max-memory {self.max_memory_gib!r} must be a positive number of GiB, at most "
                              f"{MAX_MEMORY_GIB:,}", fix="e.g. --max-memory 8")
+        if isinstance(self.overlap, (int, float)) and not isinstance(self.overlap, bool) and 0.75 < self.overlap < 1:
+            factor = (0.5 / (1 - self.overlap)) ** 3
+            raise InputError(f"--overlap {self.overlap:g} runs about {factor:.0f}x the windows of --overlap 0.5 for "
+                             "no measurable gain", fix="use --overlap 0.25 (the default) to 0.5; at most 0.75")
         if self.prefetch not in ("auto", "on", "off"):
             raise InputError(f"--prefetch {self.prefetch!r} must be auto, on or off", fix="e.g. --prefetch auto")
 
@@ -432,15 +436,19 @@ def _run_case(engine, path: Path, out: Path, opts: PredictOptions, case: str, fo
 
 
 def predict_many(engine, inputs: Sequence[str | Path], out: str | Path, opts: PredictOptions, *,
-                 progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda m: None) -> list[dict]:
+                 progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda m: None,
+                 locked: bool = False) -> list[dict]:
     """Segment every input with one loaded engine; cases with a report are skipped unless `force`.
 
-    The output folder is locked for the whole run: a second run into it is refused.
+    The output folder is locked for the whole run: a second run into it is refused (`locked`: the caller
+    holds that lock already, as `edgeseg predict` does, taking it before the engine loads).
     """
     out = Path(out)
     scans = collect_inputs(inputs)
     check_out_folder(out, inputs, scans)
     check_engine_input(engine)
+    if locked:
+        return _predict_all(engine, scans, out, opts, progress, log)
     with output_lock(out, "edgeseg predict"):
         return _predict_all(engine, scans, out, opts, progress, log)
 

@@ -380,3 +380,19 @@ def test_a_full_disk_mid_case_is_exit_2_and_leaves_no_partial_case(trunk_dir, da
         build_cache(trunk_dir, support, "liver", out, log=lambda m: None, **ARGS)
     assert e.value.exit_code == 2 and "no space left" in e.value.problem
     assert not list((out / "cases").glob(".*")) and not (out / "manifest.json").exists()
+
+
+def test_a_cache_refused_for_a_bad_label_leaves_no_plan_and_no_cases(trunk_dir, data, tmp_path):
+    import nibabel as nib
+
+    support, _ = data
+    copy = tmp_path / "support"
+    shutil.copytree(support, copy)
+    lab = copy / "s0001" / "segmentations" / "liver.nii.gz"  # the first support that k=2, seed 0 draws
+    img = nib.load(str(lab))
+    arr = np.asarray(img.dataobj).astype(np.uint8) * 2  # values {0, 2}: not a 0/1 mask
+    nib.save(nib.Nifti1Image(arr, img.affine, img.header), str(lab))
+    out = tmp_path / "cache"
+    with pytest.raises(InputError, match="liver.nii.gz"):
+        build_cache(trunk_dir, copy, "liver", out, log=lambda m: None, **ARGS)
+    assert not (out / "cache.json").exists() and not (out / "cases").exists()

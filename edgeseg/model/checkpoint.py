@@ -442,6 +442,15 @@ def load_checkpoint(
         )
 
     loaded = [k for k in expected if k in mapped]
+    wrong_type = [k for k in loaded if expected[k].is_floating_point() and not mapped[k].is_floating_point()]
+    if wrong_type:
+        raise InputError(f"{len(wrong_type)} weight tensor(s) are not floating point (e.g. {wrong_type[0]}: "
+                         f"{mapped[wrong_type[0]].dtype})", path=path,
+                         fix="this is not a trained SwinUNETR's state dict: use the checkpoint as training saved it")
+    bad = [k for k in loaded if mapped[k].is_floating_point() and not bool(torch.isfinite(mapped[k]).all())]
+    if bad:
+        raise InputError(f"{len(bad)} tensor(s) hold NaN or Inf (e.g. {bad[0]}): a diverged or damaged checkpoint",
+                         path=path, fix="use a checkpoint saved before training diverged, or copy the file again")
     missing = [k for k in expected if k not in mapped and not k.endswith(_DERIVED_BUFFER)]
     unexpected = [k for k in mapped if k not in expected]
     report = LoadReport(

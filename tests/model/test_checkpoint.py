@@ -334,3 +334,15 @@ def test_sha256_file(tmp_path):
     assert sha256_file(path) == hashlib.sha256(b"edgeseg" * 1000).hexdigest()
     with pytest.raises(InputError, match="not found"):
         sha256_file(tmp_path / "missing.bin")
+
+
+@pytest.mark.parametrize("damage,why", [("nan", "hold NaN or Inf"), ("int", "not floating point")])
+def test_a_checkpoint_with_nan_or_non_float_weights_is_refused_at_load(tmp_path, source, damage, why):
+    sd = {k: v.clone() for k, v in source.state_dict().items()}
+    key = next(k for k in sd if k.endswith("weight") and sd[k].is_floating_point())
+    sd[key] = sd[key].fill_(float("nan")) if damage == "nan" else sd[key].to(torch.int32)
+    path = tmp_path / "damaged.pt"
+    torch.save(sd, path)
+    with pytest.raises(InputError, match=why) as e:
+        load_checkpoint(path)
+    assert str(path) in e.value.message and key in e.value.problem

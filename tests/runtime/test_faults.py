@@ -399,3 +399,65 @@ def test_out_of_memory_anywhere_is_a_resource_error_and_absurd_budgets_or_window
         PredictOptions(max_memory_gib=1e308)
     with pytest.raises(InputError, match="multiple of 32 from 64 to 512"):
         PreprocessSpec(window=(1024, 1024, 1024))
+
+
+# --- limits and messages (issue 14, class 12) -----------------------------------------------------------
+def test_sigterm_stops_a_run_like_ctrl_c_with_exit_143(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    a, b = write_ct(tmp_path / "a.nii.gz"), write_ct(tmp_path / "b.nii.gz", seed=1)
+    out = tmp_path / "out"
+    code = (
+        "import sys\n"
+        "from tests.runtime.standin_engine import make_engine\n"
+        "import edgeseg.runtime.engine as em\n"
+        "em.open_engine = lambda *a, **k: make_engine(('liver', 'spleen'), delay=4.0)\n"
+        f"sys.argv = ['edgeseg', 'predict', {str(a)!r}, {str(b)!r}, '--engine', 'x', '--out', {str(out)!r}]\n"
+        "from edgeseg.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / "a.json").exists() and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(0.5)  # case b is inside its (slow) inference now
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "terminated" in err and listing(out) == DONE  # case a whole, nothing of case b, no lock
+
+
+def test_a_threads_count_below_1_and_an_absurd_overlap_are_refused(tmp_path, monkeypatch):
+    scan = write_ct(tmp_path / "a.nii.gz")
+    result = _cli(monkeypatch, [scan, "--out", tmp_path / "out", "--threads", 0], make_engine())
+    assert result.exit_code == 2 and "--threads" in result.output
+    with pytest.raises(InputError, match="--overlap 0.9 runs about 125x the windows of --overlap 0.5"):
+        PredictOptions(overlap=0.9)
+
+
+def test_predict_checks_its_inputs_before_it_loads_the_engine(tmp_path, monkeypatch):
+    import edgeseg.runtime.engine as engine_mod
+    from edgeseg.cli import app
+
+    loaded = []
+    monkeypatch.setattr(engine_mod, "open_engine", lambda *a, **k: loaded.append(1) or make_engine())
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "nope.nii.gz"), "--engine", "e", "--out",
+                                      str(tmp_path / "out"), "--json"])
+    assert result.exit_code == 2 and json.loads(result.stdout)["problem"] == "input scan not found" and not loaded
+
+
+def test_library_warnings_stay_off_the_users_terminal_unless_debugging(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import warnings, edgeseg.cli as c\n"
+            "c.app = lambda: warnings.warn('a library deprecation nobody asked for')\n"
+            "c.main()\n")
+    env = {k: v for k, v in os.environ.items() if k != "EDGESEG_DEBUG"}
+    quiet = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**env, "EDGESEG_DEBUG": "1"})
+    assert "deprecation" not in quiet.stderr and "deprecation" in loud.stderr

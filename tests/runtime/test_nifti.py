@@ -237,3 +237,32 @@ def test_qform_and_sform_that_place_the_volume_differently_are_refused(tmp_path)
     img.header.set_qform(sform, code=1)  # agreeing (up to rounding): fine
     nib.save(img, str(p))
     assert load_scan(p).shape == (16, 16, 8)
+
+
+def test_compression_that_contradicts_the_file_name_gets_a_precise_message(tmp_path):
+    import gzip
+
+    plain = tmp_path / "plain.nii"
+    nib.save(nib.Nifti1Image(_ct_like(), AFF), str(plain))
+    renamed = tmp_path / "renamed.nii.gz"
+    renamed.write_bytes(plain.read_bytes())
+    with pytest.raises(InputError, match="named .nii.gz but is not gzip-compressed") as e:
+        load_scan(renamed)
+    assert "rename it to .nii" in e.value.fix
+    zipped = tmp_path / "zipped.nii"
+    zipped.write_bytes(gzip.compress(plain.read_bytes()))
+    with pytest.raises(InputError, match="gzip-compressed but named .nii") as e:
+        load_scan(zipped)
+    assert "rename it to .nii.gz" in e.value.fix
+
+
+def test_an_implausible_scl_slope_is_refused_from_the_header(tmp_path):
+    import struct
+
+    p = tmp_path / "slope.nii"
+    nib.save(nib.Nifti1Image(_ct_like(), AFF), str(p))
+    raw = bytearray(p.read_bytes())
+    raw[112:116] = struct.pack("<f", 1e36)  # scl_slope, as a broken converter wrote it
+    p.write_bytes(bytes(raw))
+    with pytest.raises(InputError, match="scl_slope 1e\\+36 is not a plausible intensity scaling"):
+        load_scan(p)
