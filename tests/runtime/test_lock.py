@@ -153,6 +153,6 @@ def test_a_stale_lock_file_does_not_make_a_cache_folder_look_used(tmp_path):
     (out / LOCK_NAME).write_text('{"pid": 1}')  # left by a run that was killed
     assert _check_out(out, "hash", "trunk", {"cases": []}, force=False) is False
     (out / "notes.txt").write_text("a user's file")
-    with pytest.raises(InputError, match="not empty"):
+    with pytest.raises(InputError, match=r"holds files that no edgeseg manifest there lists \(notes.txt\)"):
         _check_out(out, "hash", "trunk", {"cases": []}, force=False)
 
