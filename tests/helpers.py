@@ -49,3 +49,23 @@ def run_without_torch(code: str) -> subprocess.CompletedProcess:
     """Run `code` in a fresh interpreter where importing torch (or MONAI) fails as if not installed."""
     return subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)],
                           capture_output=True, text=True, timeout=120)
+
+
+ARTIFACT_WRITERS = ("export", "cache", "fuse")
+
+
+def run_writer_on_bogus_inputs(writer: str, tmp_path, out) -> None:
+    """Call an artifact writer with inputs that do not exist: what it checks first (its output folder and
+    lock) is then the only thing that can refuse it."""
+    if writer == "export":
+        from edgeseg.export.trunk import export_trunk
+
+        export_trunk(tmp_path / "missing.safetensors", out)
+    elif writer == "cache":
+        from edgeseg.cache import build_cache
+
+        build_cache(tmp_path / "no-trunk", tmp_path / "no-data", "liver", out)
+    else:
+        from edgeseg.export.fuse import fuse
+
+        fuse(tmp_path / "no-trunk", [tmp_path / "no-adapter"], out)

@@ -14,6 +14,7 @@ import pytest
 from edgeseg.runtime.atomic import remove_stale_temporaries, temporaries_of, unlink_own, write_text_atomic
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.lock import LOCK_NAME, output_lock
+from tests.helpers import ARTIFACT_WRITERS, run_writer_on_bogus_inputs
 
 PRECIOUS = "the user's own file\n"
 
@@ -66,23 +67,12 @@ def test_unlink_own_refuses_a_link_and_stale_temporaries_spare_links(tmp_path, v
     assert remove_stale_temporaries([mine]) == [real] and trap.is_symlink() and _untouched(victim)
 
 
-@pytest.mark.parametrize("writer", ["export", "cache", "fuse"])
+@pytest.mark.parametrize("writer", ARTIFACT_WRITERS)
 def test_every_artifact_writer_refuses_a_link_at_its_lock(tmp_path, victim, writer):
     out = tmp_path / "out"
     _plant(out / LOCK_NAME, victim)
     with pytest.raises(InputError, match="symbolic link"):  # refused at the lock, before reading any input
-        if writer == "export":
-            from edgeseg.export.trunk import export_trunk
-
-            export_trunk(tmp_path / "missing.safetensors", out)
-        elif writer == "cache":
-            from edgeseg.cache import build_cache
-
-            build_cache(tmp_path / "no-trunk", tmp_path / "no-data", "liver", out)
-        else:
-            from edgeseg.export.fuse import fuse
-
-            fuse(tmp_path / "no-trunk", [tmp_path / "no-adapter"], out)
+        run_writer_on_bogus_inputs(writer, tmp_path, out)
     assert _untouched(victim)
 
 

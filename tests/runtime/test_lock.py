@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from edgeseg.runtime.errors import InputError, ResourceError
+from tests.helpers import ARTIFACT_WRITERS, run_writer_on_bogus_inputs
 from edgeseg.runtime.lock import LOCK_NAME, locks_output, output_lock, read_holder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -109,24 +110,13 @@ def test_locks_output_takes_the_lock_before_any_work(tmp_path):
     assert len(calls) == 1
 
 
-@pytest.mark.parametrize("writer", ["export", "cache", "fuse"])
+@pytest.mark.parametrize("writer", ARTIFACT_WRITERS)
 def test_every_artifact_writer_refuses_a_locked_folder(tmp_path, writer):
     # Bogus inputs on purpose: the lock is the first thing each writer checks, before reading any input.
     out = tmp_path / "out"
     with output_lock(out, "edgeseg predict"):
         with pytest.raises(InputError, match="in use by edgeseg predict"):
-            if writer == "export":
-                from edgeseg.export.trunk import export_trunk
-
-                export_trunk(tmp_path / "missing.safetensors", out)
-            elif writer == "cache":
-                from edgeseg.cache import build_cache
-
-                build_cache(tmp_path / "no-trunk", tmp_path / "no-data", "liver", out)
-            else:
-                from edgeseg.export.fuse import fuse
-
-                fuse(tmp_path / "no-trunk", [tmp_path / "no-adapter"], out)
+            run_writer_on_bogus_inputs(writer, tmp_path, out)
 
 
 def test_adapt_command_refuses_a_locked_folder(tmp_path):
