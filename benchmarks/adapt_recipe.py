@@ -82,6 +82,8 @@ def main() -> int:
     ap.add_argument("--organs", default="kidney_left,inferior_vena_cava")
     ap.add_argument("--adapters", default="lp,spatial,decoder-block")
     ap.add_argument("--heldout", type=int, default=3)
+    ap.add_argument("--decoder-crops", default="", help="also train the decoder block at these crop sides (e.g. 64: "
+                                                          "the window its instance norms see at inference)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeseg-adapt-recipe"))
     ap.add_argument("--name", default=None, help="result name (default adapt_recipe, adapt_recipe_fs48, ...)")
@@ -118,12 +120,17 @@ def main() -> int:
             if not (cache / "manifest.json").exists():
                 build_cache(trunk, support, organ, cache, k=args.k, seed=0, backend="ort", threads=args.threads,
                             force=True, log=lambda m: None)
-            for kind in (a for a in adapters if CUT_OF[a] == cut):
-                out = work / f"adapter-{kind}-{organ}"
+            runs = [(k, None) for k in adapters if CUT_OF[k] == cut]
+            runs += [("decoder-block", int(c)) for c in args.decoder_crops.split(",") if c and cut == "pre-decoder1"]
+            for kind, crop in runs:
+                out = work / (f"adapter-{kind}-{organ}" + ("" if crop is None else f"-crop{crop}"))
                 t0 = time.perf_counter()
                 done = subprocess.run([sys.executable, "-m", "edgeseg", "adapt", "--cache", str(cache), "--adapter", kind,
-                                       "--out", str(out), "--threads", str(args.threads), "--force", "--json"],
-                                      capture_output=True, text=True, check=True)
+                                       "--out", str(out), "--threads", str(args.threads), "--force", "--json",
+                                       *([] if crop is None else ["--crop", str(crop)])],
+                                      capture_output=True, text=True)
+                if done.returncode:
+                    raise SystemExit(f"edgeseg adapt failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
                 wall = time.perf_counter() - t0
                 m = json.loads(done.stdout)
                 dice = _heldout_dice(trunk, out, heldout, organ, args.threads)

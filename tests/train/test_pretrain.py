@@ -189,10 +189,13 @@ def test_the_shipped_model_is_small_loads_and_matches_its_card():
 
     assert DEFAULT_MODEL.stat().st_size <= 32 * 2**20
     model, spec, report = load_checkpoint(DEFAULT_MODEL, need_head=True)
-    assert spec.class_names == BASE_ORGANS and not report.missing
+    assert spec.class_names == BASE_ORGANS and not report.missing and spec.swin_window == PretrainConfig().swin_window
     meta = json.loads((DEFAULT_MODEL.parent / REPORT_NAME).read_text())
-    assert meta["weights"]["sha256"] == sha256_file(DEFAULT_MODEL)
-    # the hour on 2 cores: the recorded run shared its cores, so the card gives the time alone too
-    assert meta["projected_total_seconds_alone"] <= 3600 and "alone" in meta["timing_note"]
+    assert meta["weights"]["sha256"] == sha256_file(DEFAULT_MODEL) and meta["finished"]
+    assert meta["config"] == {**PretrainConfig().to_dict(), "threads": meta["config"]["threads"],
+                              "eval_every": meta["config"]["eval_every"]}  # the shipped recipe is the default
+    # the budget: every run of at most 2.5 hours on 2 cores, each recorded with its CPU time
+    assert meta["runs"] and all(r["wall_seconds"] <= 2.5 * 3600 for r in meta["runs"])
+    assert meta["total_cpu_seconds"] == pytest.approx(sum(r["cpu_seconds"] for r in meta["runs"]), abs=1)
     card = DEFAULT_MODEL_CARD.read_text()
-    assert meta["weights"]["sha256"][:16] in card
+    assert meta["weights"]["sha256"][:16] in card and f"Runs: {len(meta['runs'])}" in card
