@@ -177,7 +177,7 @@ def predict_features(adapter, features: Sequence[np.ndarray], window: Sequence[i
     parts, splits, scales = [fine], [fine.shape[0]], [1]
     for f in features[1:]:
         f = np.asarray(f, dtype=np.float32)
-        s = max(1, fine.shape[1] // max(1, f.shape[1]))
+        s = max(1, round(fine.shape[1] / max(1, f.shape[1])))  # 2 for dec0, also over an odd-sized scan (141 / 71)
         up = f.repeat(s, 1).repeat(s, 2).repeat(s, 3)[:, :fine.shape[1], :fine.shape[2], :fine.shape[3]]
         parts.append(up)
         splits.append(splits[-1] + f.shape[0])
