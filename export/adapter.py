@@ -6,12 +6,14 @@ Parity of the graph against the torch module is checked before anything is calle
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
 
 from edgeseg.export.parity import ParityReport, compare
-from edgeseg.runtime.atomic import atomic_path
+from edgeseg.runtime.atomic import atomic_path, unlink_own
+from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import write_manifest
 
 ADAPTER_KIND = "adapter"
@@ -68,6 +70,6 @@ def save_adapter(adapter, out: str | Path, body: dict, *, force: bool = False) -
         return write_manifest(out, ADAPTER_KIND, body, [WEIGHTS, GRAPH], force=True)
     except BaseException:
         for name in (WEIGHTS, GRAPH, "manifest.json"):  # an adapter folder is complete or holds none of it
-            if not (out / name).is_symlink():
-                (out / name).unlink(missing_ok=True)
+            with contextlib.suppress(OSError, InputError):
+                unlink_own(out / name)
         raise

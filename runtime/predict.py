@@ -327,9 +327,8 @@ def _clean_up_case(paths: Sequence[Path]) -> None:
     """Remove a failed attempt's files, best effort (the error that stopped the case is what gets reported)."""
     for p in paths:
         try:
-            if not p.is_symlink():  # a link at one of our names is not ours to delete
-                p.unlink(missing_ok=True)
-        except OSError:
+            unlink_own(p)  # a link at one of our names is refused, not deleted
+        except (OSError, InputError):
             pass
 
 
