@@ -270,9 +270,8 @@ class WindowAggregator:
             if out_dtype != np.float32:
                 info = np.finfo(out_dtype)
                 if acc.size and (acc.max() > info.max or acc.min() < info.min):  # type: ignore[union-attr]
-                    raise EdgesegError(
-                        f"output {k} spans [{acc.min():.4g}, {acc.max():.4g}], beyond {out_dtype}'s range",  # type: ignore[union-attr]
-                        fix="cache this output as float32")
+                    raise EdgesegError(f"output {k} spans [{acc.min():.4g}, {acc.max():.4g}], "  # type: ignore[union-attr]
+                                       f"beyond {out_dtype}'s range", fix="cache this output as float32")
                 acc = acc.astype(out_dtype)  # type: ignore[union-attr]
             results.append(acc)
         return tuple(results)  # type: ignore[arg-type]
@@ -527,7 +526,8 @@ def sliding_window_region(
     `box_at_scale(box, s)`: the box rounded outward to whole cells, box size / s when the box's
     starts and stops are multiples of s. For a `predict` with no spatial context (e.g. 2 * x) it
     equals `sliding_window` on the whole volume restricted to the box; for a real model it differs
-    only in which windows saw the box. Other keywords go to `sliding_window`; `stats` also gets `box` and `run_box` ([start, stop] per axis).
+    only in which windows saw the box. Other keywords go to `sliding_window`; `stats` also gets `box` and
+    `run_box` ([start, stop] per axis).
     """
     if not isinstance(volume, np.ndarray) or volume.ndim != 4:
         raise InputError(f"volume of shape {getattr(volume, 'shape', None)} must be a (C, D, H, W) array",
