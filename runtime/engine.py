@@ -12,7 +12,7 @@ not the fused graph).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -73,9 +73,21 @@ class Engine(OpenedArtifact):
                              f"{list(self.output_names)}", path=self.folder, fix=f"fuse again: {REBUILD}")
 
 
+    def check_window(self) -> None:
+        """Refuse an engine whose graph takes another window than its manifest says (before any scan is read)."""
+        inputs = getattr(self.backend, "inputs", None) or ()
+        if not inputs:
+            return
+        shape = tuple(inputs[0].shape)
+        if len(shape) != 5 or any(s is not None and s != w for s, w in zip(shape[2:], self.window)):
+            got = tuple("N" if s is None else s for s in shape)
+            raise InputError(
+                f"its graph takes input {inputs[0].name!r} of shape {got}, but its manifest's window is {self.window} "
+                "(the graph was replaced or exported for another spec)", path=self.folder,
+                fix=f"fuse the engine again from its trunk and adapters ({REBUILD})")
+
     def probabilities(self, volume_chw: np.ndarray, *, overlap: float = 0.25, batch_size: int = 1,
-                      progress: Callable[[int, int], None] | None = None,
-                      skip: Callable[[Sequence[int]], bool] | None = None, stats: dict | None = None,
+                      progress: Callable[[int, int], None] | None = None, stats: dict | None = None,
                       reuse_blank: bool = True) -> np.ndarray:
         """Per-organ probabilities (n_organs, D, H, W) float32 over a preprocessed volume (C, D, H, W).
 
@@ -96,7 +108,7 @@ class Engine(OpenedArtifact):
                              fix=f"pass --sw-batch 1..{self.max_batch} (or export and fuse again with a larger --batch)")
         volume = np.asarray(volume_chw, dtype=np.float32)
         outs = sliding_window(volume, self.window, self.backend.predict, overlap=overlap, batch_size=batch_size,
-                              progress=progress, skip=skip, out_dtype=np.float32, stats=stats,
+                              progress=progress, out_dtype=np.float32, stats=stats,
                               reuse_blank=reuse_blank)
         if len(outs) != len(self.organs):
             raise InputError(f"the graph returned {len(outs)} outputs for {len(self.organs)} organs",

@@ -26,8 +26,8 @@ Conventions (every function here follows them):
 * Output shapes: ceil(n / s) per axis for an axis of n voxels (ceil: the last cell of an odd axis
   at s = 2 averages the last voxel with one voxel of padding, so every voxel has a coarse parent).
 * Blending: sum(importance * output) / sum(importance) per output, with one Gaussian importance map
-  per scale (`gaussian_importance`), accumulated in float32 and cast to `out_dtype` at the end.
-  Voxels that no run window covers (only possible with `skip`) get output 0.
+  per scale (`gaussian_importance`), accumulated in float32 (`WindowAggregator`) and cast to
+  `out_dtype` at the end.
 * Memory: the output accumulators (one float32 array per output, one weight map per scale), one
   batch of windows in and out, and one window of scratch per output; a float32 volume is never
   copied or padded as a whole (windows are cut from it, and padded, one at a time).
@@ -48,12 +48,12 @@ import numpy as np
 from edgeseg.runtime.errors import EdgesegError, InputError
 
 __all__ = [
+    "WindowAggregator",
     "box_at_scale",
     "count_windows",
     "gaussian_importance",
     "pad_widths",
     "plan_windows",
-    "skip_below",
     "sliding_window",
     "sliding_window_region",
     "window_starts",
@@ -210,16 +210,74 @@ def _aligned(starts: list[Start], pads: tuple[tuple[int, int], ...], a: int) -> 
     return all(lo % a == 0 for lo, _ in pads) and all(v % a == 0 for st in starts for v in st)
 
 
+# --- the accumulator -------------------------------------------------------------------------------
+class WindowAggregator:
+    """Blends window outputs into whole-volume outputs: a Gaussian-weighted average per output.
+
+    The shape of MONAI's `AvgMerger` and TorchIO's `GridAggregator`: made once the outputs' channels and
+    downsampling factors are known, fed one window's outputs at a time with where the window starts
+    (`add`), and read once (`finalize`). Holds one float32 accumulator per output, one weight map per
+    scale (the sum of the importance maps laid so far) and one window of scratch per output.
+    """
+
+    def __init__(self, shape: Window, window: Window, channels: Sequence[int], scales: Sequence[int], *,
+                 sigma_scale: float = 0.125, min_weight: float = 1e-3):
+        self.window = window
+        self.scales = [int(s) for s in scales]
+        out_shapes = {s: tuple(-(-n // s) for n in shape) for s in self.scales}
+        self._acc: list[np.ndarray | None] = [np.zeros((c, *out_shapes[s]), np.float32)
+                                               for c, s in zip(channels, self.scales)]
+        self._scratch: list[np.ndarray | None] = [np.empty((c, *(w // s for w in window)), np.float32)
+                                                   for c, s in zip(channels, self.scales)]
+        self._weights = {s: np.zeros(out_shapes[s], np.float32) for s in out_shapes}
+        self._importance = {s: _importance(window, float(sigma_scale), float(min_weight), s) for s in out_shapes}
+
+    @property
+    def window_shapes(self) -> list[tuple[int, ...]]:
+        """(Co, wd/s, wh/s, ww/s) per output: what each window's output must be."""
+        return [tuple(x.shape) for x in self._scratch]  # type: ignore[union-attr]
+
+    def add(self, outputs: Sequence[np.ndarray], start: Start) -> None:
+        """Blend one window's outputs (one (Co, wd/s, wh/s, ww/s) array per output), the window starting at
+        `start` on the volume grid (negative in the padding; a multiple of every scale: the plan is aligned)."""
+        regions = {}
+        for s, wmap in self._weights.items():
+            osl, wsl = [], []
+            for v, w, n in zip(start, self.window, wmap.shape):
+                c0, m = v // s, w // s
+                lo, hi = max(c0, 0), min(c0 + m, n)
+                osl.append(slice(lo, hi))
+                wsl.append(slice(lo - c0, hi - c0))
+            osl_t, wsl_t = tuple(osl), tuple(wsl)
+            imp = self._importance[s][wsl_t]
+            wmap[osl_t] += imp
+            regions[s] = (osl_t, wsl_t, imp)
+        for acc, scratch, s, out in zip(self._acc, self._scratch, self.scales, outputs):
+            osl_t, wsl_t, imp = regions[s]
+            part = scratch[(slice(None), *(slice(0, x.stop - x.start) for x in wsl_t))]  # type: ignore[index]
+            np.multiply(out[(slice(None), *wsl_t)], imp, out=part)
+            acc[(slice(None), *osl_t)] += part  # type: ignore[index]
+
+    def finalize(self, out_dtype: Any = np.float32) -> tuple[np.ndarray, ...]:
+        """The blends, sum(importance * output) / sum(importance), as `out_dtype` (an error if a value does not
+        fit it). Once: the accumulators become the results (each released as the next is made)."""
+        self._scratch = [None] * len(self._scratch)
+        for acc, s in zip(self._acc, self.scales):
+            np.divide(acc, self._weights[s], out=acc)  # every voxel has weight: the plan covers it (min_weight)
+        results = []
+        for k in range(len(self._acc)):
+            acc, self._acc[k] = self._acc[k], None
+            if out_dtype != np.float32:
+                info = np.finfo(out_dtype)
+                if acc.size and (acc.max() > info.max or acc.min() < info.min):  # type: ignore[union-attr]
+                    raise EdgesegError(f"output {k} spans [{acc.min():.4g}, {acc.max():.4g}], "  # type: ignore[union-attr]
+                                       f"beyond {out_dtype}'s range", fix="cache this output as float32")
+                acc = acc.astype(out_dtype)  # type: ignore[union-attr]
+            results.append(acc)
+        return tuple(results)  # type: ignore[arg-type]
+
+
 # --- the stitcher ----------------------------------------------------------------------------------
-class _Output:
-    """One output's accumulator and its scratch window."""
-
-    def __init__(self, channels: int, scale: int, shape: Window, window: Window):
-        self.scale = scale
-        self.acc = np.zeros((channels, *shape), dtype=np.float32)
-        self.scratch = np.empty((channels, *(w // scale for w in window)), dtype=np.float32)
-
-
 def _describe(outs: Sequence[np.ndarray]) -> str:
     return ", ".join(str(tuple(getattr(o, "shape", "?"))) for o in outs)
 
@@ -260,7 +318,6 @@ def sliding_window(
     overlap: float = 0.25,
     batch_size: int = 1,
     pad_value: float = 0.0,
-    skip: Callable[[Start], bool] | None = None,
     progress: Callable[[int, int], None] | None = None,
     out_dtype: Any = np.float32,
     align: int | None = None,
@@ -272,14 +329,11 @@ def sliding_window(
 
     Returns one array per output of predict, (Co_k, ceil(D/s_k), ceil(H/s_k), ceil(W/s_k)), `out_dtype`
     (float32, or float16 to halve a feature cache: accumulated in float32, cast at the end; an error if
-    a value does not fit). `skip(start)` gets the window's first voxel on the volume grid (negative
-    where the window starts in the padding); windows it returns True for are not run, and voxels no
-    run window covers get 0. `progress(done, total)` is called after each batch with the windows run
-    so far and the windows to run (after skipping; the one blank run counts as one). `stats`, when
-    given, is filled with: windows (planned), run, skipped, batches (predict calls), discarded_windows
-    (run under a plan that was then aligned, see the module doc), predict_seconds, seconds (all of
-    it), align (that the plan was made with), pad ([before, after] per axis), scales (s_k). If every window is skipped, predict is
-    still called once (first window) to learn the output shapes, and every output is 0.
+    a value does not fit). `progress(done, total)` is called after each batch with the windows run so
+    far and the windows to run (the one blank run counts as one). `stats`, when given, is filled with:
+    windows (planned), run, batches (predict calls), discarded_windows (run under a plan that was then
+    aligned, see the module doc), predict_seconds, seconds (all of it), align (that the plan was made
+    with), pad ([before, after] per axis), scales (s_k).
 
     `reuse_blank=True`: a window whose every input value (padding included) equals `pad_value` (air
     below the HU window: pure air outside the body, or beyond the scan) is a blank window. All blank
@@ -287,7 +341,8 @@ def sliding_window(
     and relative position bias only) they get the same output: it is computed once, from one window
     of `pad_value`, and blended at every blank window's place. Exact, not an approximation: the
     result equals running every window (tests check it). stats then also hold blank (windows served
-    by the one blank run) and blank_runs (0 or 1); run counts the windows run on their own.
+    by the one blank run) and blank_runs (0 or 1); run counts the windows run on their own. When every
+    window is blank, predict runs one of them first, only to learn the output shapes.
     """
     t_start = time.perf_counter()
     if not isinstance(volume, np.ndarray) or volume.ndim != 4 or volume.size == 0:
@@ -311,7 +366,7 @@ def sliding_window(
     if not np.issubdtype(out_dtype, np.floating):
         raise InputError(f"out_dtype {out_dtype} must be a floating dtype", fix="pass np.float32 or np.float16")
     gaussian_importance(window, sigma_scale)  # checks sigma_scale
-    for name, fn in (("predict", predict), ("skip", skip), ("progress", progress)):
+    for name, fn in (("predict", predict), ("progress", progress)):
         if fn is not None and not callable(fn):
             raise InputError(f"{name} {fn!r} is not callable", fix=f"pass a function as {name}")
 
@@ -341,31 +396,32 @@ def sliding_window(
         part = volume[(slice(None), *(slice(max(v, 0), max(min(v + w, n), 0)) for v, w, n in zip(v0, window, shape)))]
         return part.size == 0 or not np.any(part != pad_value)
 
+    def blend(outs: tuple[np.ndarray, ...], placed: Sequence[tuple[int, Start]]) -> None:
+        for i, v0 in placed:  # row i of the batch's outputs is the window starting at v0
+            agg.add([o[i] for o in outs], v0)  # type: ignore[union-attr]
+
     plan_align = align if align is not None else 1
-    outputs: list[_Output] | None = None
-    weights: dict[int, np.ndarray] = {}
-    imps: dict[int, np.ndarray] = {}
+    agg: WindowAggregator | None = None  # made from the first batch's outputs (their channels and scales)
     carried: list[tuple[int, Start]] = []  # the first batch, run under a plan that then had to be aligned
     carried_outs: tuple[np.ndarray, ...] = ()
     while True:  # at most twice: once more when the first batch shows the plan must be aligned
         pads = pad_widths(shape, window, align=plan_align)
         starts = plan_windows(shape, window, overlap, align=plan_align)
-        on_volume = [tuple(p - lo for p, (lo, _) in zip(s, pads)) for s in starts]
-        to_run = [v for v in on_volume if not skip(v)] if skip is not None else on_volume
+        to_run = [tuple(p - lo for p, (lo, _) in zip(s, pads)) for s in starts]  # on the volume grid
         blanks: list[Start] = []
         if reuse_blank:
             blank_set = {v for v in to_run if is_blank(v)}
             blanks = [v for v in to_run if v in blank_set]
             to_run = [v for v in to_run if v not in blank_set]
-        # all skipped (or blank): one probe window, only to learn the output shapes
-        run_list = to_run if to_run or outputs is not None else (blanks or on_volume)[:1]
+        # all blank: one probe window, only to learn the output shapes
+        run_list = to_run if to_run or agg is not None else blanks[:1]
         done = 0
         if carried:  # the carried windows that the aligned plan also runs are blended, not run again
             wanted = set(to_run)
             reuse = [(i, v) for i, v in carried if v in wanted]
             st["discarded_windows"] = len(carried) - len(reuse)
             if reuse:
-                _accumulate(reuse, carried_outs, outputs, weights, imps, window)  # type: ignore[arg-type]
+                blend(carried_outs, reuse)
                 done = len(reuse)
                 if progress is not None:
                     progress(done, len(to_run) + bool(blanks))
@@ -379,31 +435,27 @@ def sliding_window(
                 fill(i, v0)
             outs = call(len(group))
             items = list(enumerate(group))
-            if outputs is None:
+            if agg is None:
                 scales = _scales(outs, window, batch[:len(group)].shape)
                 need = math.lcm(*scales)
                 if align is not None and align % need:
                     raise EdgesegError(
                         f"outputs {_describe(outs)} are downsampled by {scales}, which align={align} does not fit",
                         fix=f"pass align={need} (or leave align=None to infer it)")
-                out_shapes = {s: tuple(-(-n // s) for n in shape) for s in scales}
-                outputs = [_Output(o.shape[1], s, out_shapes[s], window) for o, s in zip(outs, scales)]
-                weights = {s: np.zeros(out_shapes[s], np.float32) for s in out_shapes}
-                imps = {s: _importance(window, float(sigma_scale), 1e-3, s) for s in out_shapes}
+                agg = WindowAggregator(shape, window, [o.shape[1] for o in outs], scales, sigma_scale=sigma_scale)
                 st["scales"] = scales
-                if align is None and need > 1 and (to_run or blanks) and not _aligned(starts, pads, need):
+                if align is None and need > 1 and not _aligned(starts, pads, need):
                     plan_align, replan = need, True
                     carried, carried_outs = items, outs
                     break
             else:
-                want = [(o.acc.shape[0], *o.scratch.shape[1:]) for o in outputs]
                 got = [tuple(o.shape[1:]) for o in outs]
-                if got != want:
-                    raise EdgesegError(f"predict's outputs changed between batches: {want} first, then {got}",
-                                       fix="predict must return the same outputs for every batch")
+                if got != agg.window_shapes:
+                    raise EdgesegError(f"predict's outputs changed between batches: {agg.window_shapes} first, then "
+                                       f"{got}", fix="predict must return the same outputs for every batch")
             if not to_run:  # the probe only taught us the shapes
                 break
-            _accumulate(items, outs, outputs, weights, imps, window)
+            blend(outs, items)
             done += len(group)
             if progress is not None:
                 progress(done, len(to_run) + bool(blanks))
@@ -411,59 +463,21 @@ def sliding_window(
         if not replan:
             break
 
-    assert outputs is not None
+    assert agg is not None  # the plan has at least one window, run or blank
     if blanks:  # one window of pad_value stands for every blank window
         batch[0].fill(pad_value)
         outs = call(1)
-        _accumulate([(0, v) for v in blanks], outs, outputs, weights, imps, window)
+        blend(outs, [(0, v) for v in blanks])
         del outs
         if progress is not None:
             progress(len(to_run) + 1, len(to_run) + 1)
-    st.update(windows=len(starts), run=len(to_run), skipped=len(starts) - len(to_run) - len(blanks),
-              blank=len(blanks), blank_runs=int(bool(blanks)), align=plan_align, pad=[list(p) for p in pads])
-    for w in weights.values():
-        np.maximum(w, np.finfo(np.float32).tiny, out=w)  # uncovered voxels: 0 / tiny = 0
-    results = []
-    for o in outputs:
-        np.divide(o.acc, weights[o.scale], out=o.acc)
-        o.scratch = None  # type: ignore[assignment]
-    for k in range(len(outputs)):
-        acc, outputs[k] = outputs[k].acc, None  # type: ignore[call-overload]
-        if out_dtype != np.float32:
-            info = np.finfo(out_dtype)
-            if acc.size and (acc.max() > info.max or acc.min() < info.min):
-                raise EdgesegError(
-                    f"output {k} spans [{acc.min():.4g}, {acc.max():.4g}], beyond {out_dtype}'s range",
-                    fix="cache this output as float32")
-            acc = acc.astype(out_dtype)
-        results.append(acc)
+    st.update(windows=len(starts), run=len(to_run), blank=len(blanks), blank_runs=int(bool(blanks)), align=plan_align,
+              pad=[list(p) for p in pads])
+    results = agg.finalize(out_dtype)
     st["seconds"] = time.perf_counter() - t_start
     if stats is not None:
         stats.update(st)
-    return tuple(results)
-
-
-def _accumulate(items: list[tuple[int, Start]], outs: tuple[np.ndarray, ...], outputs: list[_Output],
-                weights: dict[int, np.ndarray], imps: dict[int, np.ndarray], window: Window) -> None:
-    """Blend row i of `outs`, the window starting at v0 (volume grid), for each (i, v0) of `items`."""
-    for i, v0 in items:
-        regions = {}
-        for s, wmap in weights.items():
-            osl, wsl = [], []
-            for v, w, n in zip(v0, window, wmap.shape):
-                c0, m = v // s, w // s  # v is a multiple of s: the plan is aligned
-                lo, hi = max(c0, 0), min(c0 + m, n)
-                osl.append(slice(lo, hi))
-                wsl.append(slice(lo - c0, hi - c0))
-            osl_t, wsl_t = tuple(osl), tuple(wsl)
-            imp = imps[s][wsl_t]
-            wmap[osl_t] += imp
-            regions[s] = (osl_t, wsl_t, imp)
-        for o, out in zip(outputs, outs):
-            osl_t, wsl_t, imp = regions[o.scale]
-            scratch = o.scratch[(slice(None), *(slice(0, x.stop - x.start) for x in wsl_t))]
-            np.multiply(out[(i, slice(None), *wsl_t)], imp, out=scratch)
-            o.acc[(slice(None), *osl_t)] += scratch
+    return results
 
 
 # --- a region of a volume --------------------------------------------------------------------------
@@ -499,7 +513,6 @@ def sliding_window_region(
     *,
     context: int | Sequence[int] | None = None,
     align: int | None = None,
-    skip: Callable[[Start], bool] | None = None,
     stats: dict | None = None,
     **kw: Any,
 ) -> tuple[np.ndarray, ...]:
@@ -513,8 +526,8 @@ def sliding_window_region(
     `box_at_scale(box, s)`: the box rounded outward to whole cells, box size / s when the box's
     starts and stops are multiples of s. For a `predict` with no spatial context (e.g. 2 * x) it
     equals `sliding_window` on the whole volume restricted to the box; for a real model it differs
-    only in which windows saw the box. `skip` gets starts on the whole volume's grid. Other keywords
-    go to `sliding_window`; `stats` also gets `box` and `run_box` ([start, stop] per axis).
+    only in which windows saw the box. Other keywords go to `sliding_window`; `stats` also gets `box` and
+    `run_box` ([start, stop] per axis).
     """
     if not isinstance(volume, np.ndarray) or volume.ndim != 4:
         raise InputError(f"volume of shape {getattr(volume, 'shape', None)} must be a (C, D, H, W) array",
@@ -549,10 +562,8 @@ def sliding_window_region(
         e0, e1 = e0 // a * a, min(n, -(-e1 // a) * a)
         run_box.append(slice(e0, e1))
     origin = tuple(r.start for r in run_box)
-    inner_skip = None if skip is None else (lambda v: skip(tuple(x + o for x, o in zip(v, origin))))
     st: dict[str, Any] = {}
-    outs = sliding_window(volume[(slice(None), *run_box)], window, predict, align=align, skip=inner_skip,
-                          stats=st, **kw)
+    outs = sliding_window(volume[(slice(None), *run_box)], window, predict, align=align, stats=st, **kw)
     results = []
     for out, s in zip(outs, st["scales"]):
         if any(o % s for o in origin):
@@ -568,22 +579,3 @@ def sliding_window_region(
         st.update(box=[[b.start, b.stop] for b in box], run_box=[[r.start, r.stop] for r in run_box])
         stats.update(st)
     return tuple(results)
-
-
-# --- a ready-made skip -----------------------------------------------------------------------------
-def skip_below(volume: np.ndarray, window: Sequence[int], threshold: float = 0.0) -> Callable[[Start], bool]:
-    """A `skip` for `sliding_window(volume, window, ...)`: True for windows where every voxel is <= threshold.
-
-    E.g. threshold 0.0 on the [0, 1] HU-window scale skips windows of pure air (HU <= hu_min).
-    """
-    window = _check_window(window)
-    if not isinstance(volume, np.ndarray) or volume.ndim != 4:
-        raise InputError(f"volume of shape {getattr(volume, 'shape', None)} must be a (C, D, H, W) array",
-                         fix="pass the same volume you give sliding_window")
-
-    def skip(start: Start) -> bool:
-        sl = tuple(slice(max(v, 0), max(v + w, 0)) for v, w in zip(start, window))
-        part = volume[(slice(None), *sl)]
-        return part.size == 0 or bool(part.max() <= threshold)
-
-    return skip

@@ -10,7 +10,6 @@ from edgeseg.train.losses import (
 from edgeseg.train.size_prior import (
     QuerySizeEstimator,
     SizeEstimate,
-    largest_component,
     target_size_ml,
     ti_loss,
     ti_loss_released,
@@ -18,6 +17,6 @@ from edgeseg.train.size_prior import (
 )
 
 __all__ = [
-    "LOSSES", "QuerySizeEstimator", "SizeEstimate", "bce_loss", "dice_score", "largest_component",
+    "LOSSES", "QuerySizeEstimator", "SizeEstimate", "bce_loss", "dice_score",
     "segmentation_loss", "soft_dice_loss", "target_size_ml", "ti_loss", "ti_loss_released", "voxel_volume_ml",
 ]

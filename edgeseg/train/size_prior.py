@@ -3,13 +3,13 @@
 Three parts:
 
 1. `target_size_ml` — the organ size ``S`` expected on the query, from the K annotated supports: each
-   support's organ volume in millilitres, counting its largest connected component only (26-connectivity,
-   as the code release's ``extract_topk_largest_candidates``: stray label islands do not count); with
-   ``K >= 5`` the supports outside ``(median - std, median + std)`` (population std, strict bounds) are
-   dropped — the release's outlier rule (``fseft/transductive/utils.py::estimate_target``) — and ``S`` is
-   the mean of the rest. The release counted voxels after resampling every scan to 1.5 mm; counting
-   millilitres (voxels x voxel volume) gives the same answer on any grid, so supports at different
-   spacings need no resampling for this.
+   support's organ volume in millilitres, counting its largest connected component only (the runtime's
+   `largest_component` with 26-connectivity, as the code release's ``extract_topk_largest_candidates``:
+   stray label islands do not count); with ``K >= 5`` the supports outside ``(median - std, median + std)``
+   (population std, strict bounds) are dropped — the release's outlier rule
+   (``fseft/transductive/utils.py::estimate_target``) — and ``S`` is the mean of the rest. The release
+   counted voxels after resampling every scan to 1.5 mm; counting millilitres (voxels x voxel volume)
+   gives the same answer on any grid, so supports at different spacings need no resampling for this.
 2. `QuerySizeEstimator` — the predicted size ``S_hat = sum over the query scan of
    sigmoid(adapter(features)) x voxel volume`` (mL), exact in value and cheap in gradient (see the class).
 3. `ti_loss` — the poster's symmetric band penalty ``L_TI`` (zero while ``S_hat`` is within
@@ -26,13 +26,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 from torch import Tensor, nn
 
 from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.predict.postprocess import largest_component
 
 __all__ = [
-    "QuerySizeEstimator", "SizeEstimate", "largest_component", "target_size_ml", "ti_loss", "ti_loss_released",
+    "QuerySizeEstimator", "SizeEstimate", "target_size_ml", "ti_loss", "ti_loss_released",
     "voxel_volume_ml",
 ]
 
@@ -42,17 +42,6 @@ OUTLIER_MIN_K = 5  # the release applies its median +/- std rule from 5 supports
 def voxel_volume_ml(spacing_mm: Sequence[float]) -> float:
     """Volume of one voxel in mL (1 mL = 1000 mm^3) from its spacing in mm; 1.5 mm isotropic: 0.003375."""
     return float(np.prod([float(s) for s in spacing_mm])) / 1000.0
-
-
-def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of the non-zero voxels of `mask` (boolean; all False when empty)."""
-    m = np.asarray(mask) != 0
-    labels, n = ndimage.label(m, structure=ndimage.generate_binary_structure(m.ndim, m.ndim))
-    if n <= 1:
-        return m
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return labels == int(np.argmax(sizes))
 
 
 @dataclass(frozen=True)
@@ -89,7 +78,7 @@ def target_size_ml(support_masks: Sequence[np.ndarray], voxel_volumes_ml: Sequen
         if not (math.isfinite(v) and v > 0):
             raise InputError(f"support {i}: voxel volume {v} mL is not a positive number",
                              fix="pass prod(spacing_mm) / 1000 (see voxel_volume_ml)")
-        n = int(largest_component(m).sum())
+        n = int(largest_component(m, connectivity=26).sum())  # the release's rule (see the module doc)
         if n == 0:
             raise InputError(f"support {i}: the mask has no organ voxels",
                              fix="check the label value and that the support is annotated for this organ")

@@ -215,7 +215,7 @@ def test_oblique_lps_scan_comes_back_on_its_own_grid(tmp_path):
 
 
 def test_a_scan_over_the_memory_budget_is_refused_with_the_number_needed(tmp_path, monkeypatch):
-    import edgeseg.runtime.predict as predict_mod
+    import edgeseg.runtime.predict.plan as predict_mod  # where the memory check reads the host
 
     monkeypatch.setattr(predict_mod, "current_rss_gib", lambda: 0.5)  # the engine and libraries, loaded
     # 16 x 16 x 16 voxels of 40 mm: a small file, but a 401^3 model grid at 1.5 mm (0.24 GiB per float map).

@@ -15,12 +15,12 @@ import pytest
 
 from edgeseg.runtime.errors import EdgesegError, InputError
 from edgeseg.runtime.sliding_window import (
+    WindowAggregator,
     box_at_scale,
     count_windows,
     gaussian_importance,
     pad_widths,
     plan_windows,
-    skip_below,
     sliding_window,
     sliding_window_region,
     window_starts,
@@ -133,7 +133,7 @@ def test_doubling_comes_back_exactly(shape, window, overlap, batch_size):
     assert out[0].shape == volume.shape and out[0].dtype == np.float32
     np.testing.assert_allclose(out[0], 2 * volume, atol=1e-5, rtol=0)
     n = count_windows(shape[1:], window, overlap)
-    assert stats["windows"] == stats["run"] == n and stats["skipped"] == 0
+    assert stats["windows"] == stats["run"] == n
     assert predict.sizes == [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
     assert stats["batches"] == len(predict.sizes) == math.ceil(n / batch_size)
 
@@ -187,7 +187,7 @@ def test_pad_value_reaches_the_windows_and_not_the_outputs():
     np.testing.assert_allclose(half, pooled_reference(volume, -1.0), atol=1e-7)
 
 
-# --- coverage, skip, progress ---------------------------------------------------------------------
+# --- coverage, progress ----------------------------------------------------------------------------
 @pytest.mark.parametrize("shape,window", SHAPES)
 def test_every_voxel_is_covered(shape, window):
     volume = rand(shape)
@@ -195,52 +195,6 @@ def test_every_voxel_is_covered(shape, window):
                            overlap=0.25, batch_size=2)
     assert ones.shape == (3, *shape[1:])
     assert (ones == 1.0).all()  # the weights accumulate exactly like the outputs: 1 exactly
-
-
-def test_skip_windows_are_not_run_and_leave_zeros():
-    volume = rand((1, 40, 40, 40))
-    asked = []
-
-    def skip(start):
-        asked.append(start)
-        return start[0] == 0  # skip the first slab of windows
-
-    predict = Recorder()
-    stats = {}
-    out, = sliding_window(volume, W16, predict, overlap=0.25, batch_size=4, skip=skip, stats=stats)
-    plan = plan_windows((40, 40, 40), W16, 0.25)
-    assert asked == plan  # no padding here: volume grid == padded grid
-    skipped = sum(s[0] == 0 for s in plan)
-    assert stats["windows"] == len(plan) and stats["skipped"] == skipped and stats["run"] == len(plan) - skipped
-    assert sum(predict.sizes) == stats["run"] and stats["batches"] == math.ceil(stats["run"] / 4)
-    second = window_starts(40, 16, 0.25)[1]
-    np.testing.assert_array_equal(out[:, :second], 0.0)  # only skipped windows cover these voxels
-    np.testing.assert_allclose(out[:, second:], 2 * volume[:, second:], atol=1e-5)
-
-
-def test_skip_gets_starts_on_the_volume_grid():
-    asked = []
-    sliding_window(rand((1, 11, 20, 16)), W16, double, overlap=0.5, skip=lambda s: asked.append(s) or False)
-    (lo, _), _, _ = pad_widths((11, 20, 16), W16)
-    assert lo == 2 and asked == [(p[0] - lo, p[1], p[2]) for p in plan_windows((11, 20, 16), W16, 0.5)]
-
-
-def test_all_windows_skipped_gives_zeros_after_one_probe():
-    predict = Recorder(double_and_pool)
-    stats = {}
-    full, half = sliding_window(rand((1, 20, 20, 20)), W16, predict, skip=lambda s: True, stats=stats)
-    assert predict.sizes == [1] and stats["run"] == 0 and stats["skipped"] == stats["windows"]
-    assert full.shape == (1, 20, 20, 20) and half.shape == (1, 10, 10, 10)
-    assert not full.any() and not half.any()
-
-
-def test_skip_below_skips_air_only():
-    volume = np.zeros((1, 48, 48, 48), np.float32)
-    volume[:, 30:40, 30:40, 30:40] = 0.7  # a body in one corner
-    stats = {}
-    out, = sliding_window(volume, W16, double, overlap=0.25, skip=skip_below(volume, W16, 0.0), stats=stats)
-    assert 0 < stats["run"] < stats["windows"]
-    np.testing.assert_allclose(out, 2 * volume, atol=1e-6)  # the body is fully covered by run windows
 
 
 def context_dependent(x):
@@ -302,6 +256,45 @@ def test_progress_counts_up_to_the_total():
     assert dones == sorted(set(dones)) and dones[-1] == stats["run"]
     assert {t for _, t in calls} == {stats["run"]} and len(calls) == stats["batches"]
     assert all(b - a <= 5 for a, b in zip([0] + dones, dones))
+
+
+# --- the accumulator -----------------------------------------------------------------------------
+def test_aggregator_blends_with_the_gaussian_weights_and_cuts_windows_at_the_borders():
+    agg = WindowAggregator((20, 16, 16), W16, channels=[2], scales=[1])
+    assert agg.window_shapes == [(2, 16, 16, 16)]
+    a, b = np.full((2, *W16), 1.0, np.float32), np.full((2, *W16), 3.0, np.float32)
+    agg.add([a], (0, 0, 0))
+    agg.add([b], (4, 0, 0))  # overlaps the first on D 4..15; nothing outside the volume
+    out, = agg.finalize()
+    g = gaussian_importance(W16)
+    np.testing.assert_allclose(out[:, :4], 1.0, rtol=1e-6)  # only the first window there
+    np.testing.assert_allclose(out[:, 16:], 3.0, rtol=1e-6)  # only the second
+    d = 10  # both: the weighted mean with each window's Gaussian weight at that voxel
+    w1, w2 = g[d, 8, 8], g[d - 4, 8, 8]
+    np.testing.assert_allclose(out[0, d, 8, 8], (w1 * 1 + w2 * 3) / (w1 + w2), rtol=1e-6)
+
+
+def test_aggregator_places_half_resolution_outputs_and_windows_in_the_padding():
+    agg = WindowAggregator((9, 16, 16), W16, channels=[1, 1], scales=[1, 2])
+    assert agg.window_shapes == [(1, 16, 16, 16), (1, 8, 8, 8)]
+    full = np.arange(16 ** 3, dtype=np.float32).reshape(1, *W16)
+    agg.add([full, pool2(full[None])[0]], (-4, 0, 0))  # 9 < 16: the window starts 4 voxels before the volume
+    f, h = agg.finalize()
+    assert f.shape == (1, 9, 16, 16) and h.shape == (1, 5, 8, 8)  # ceil(9 / 2) = 5 cells
+    np.testing.assert_allclose(f, full[:, 4:13], rtol=1e-6)  # one window: the blend is that window, cut to the volume
+    np.testing.assert_allclose(h, pool2(full[None])[0][:, 2:7], rtol=1e-6)
+
+
+def test_aggregator_casts_at_the_end_and_refuses_what_float16_cannot_hold():
+    agg = WindowAggregator((16, 16, 16), W16, channels=[1], scales=[1])
+    agg.add([np.full((1, *W16), 0.1, np.float32)], (0, 0, 0))
+    out, = agg.finalize(np.float16)
+    assert out.dtype == np.float16
+    np.testing.assert_allclose(out, 0.1, rtol=1e-3)
+    agg = WindowAggregator((16, 16, 16), W16, channels=[1], scales=[1])
+    agg.add([np.full((1, *W16), 1e6, np.float32)], (0, 0, 0))
+    with pytest.raises(EdgesegError, match="float16"):
+        agg.finalize(np.float16)
 
 
 # --- Gaussian weights -----------------------------------------------------------------------------
@@ -409,9 +402,6 @@ def test_region_of_an_even_box_has_half_the_size_and_runs_fewer_windows():
     assert full.shape == (1, 16, 16, 16) and half.shape == (1, 8, 8, 8)
     assert stats["run"] < count_windows((64, 64, 64), W16, 0.25)
     np.testing.assert_allclose(full, 2 * volume[(slice(None), *box)], atol=1e-5)
-    asked = []
-    sliding_window_region(volume, box, W16, double, context=0, skip=lambda s: asked.append(s) or False)
-    assert asked and all(s[0] >= 8 and s[1] >= 32 and s[2] >= 20 for s in asked)  # the volume's grid
 
 
 # --- bad inputs -----------------------------------------------------------------------------------

@@ -17,8 +17,9 @@ def test_blocker_really_blocks_torch():
 
 def test_runtime_imports_and_runs_without_torch(real_ct):
     runtime_dir = Path(__file__).resolve().parents[2] / "runtime"
-    modules = sorted(p.stem for p in runtime_dir.glob("*.py") if p.stem != "__init__")
-    assert {"preprocess", "nifti", "availability"} <= set(modules)
+    modules = sorted(".".join(p.relative_to(runtime_dir).with_suffix("").parts).removesuffix(".__init__")
+                     for p in runtime_dir.rglob("*.py") if p != runtime_dir / "__init__.py")  # subpackages too
+    assert {"preprocess", "nifti", "availability", "predict", "predict.case", "backends.ort"} <= set(modules)
     proc = run_without_torch(
         f"""
         import importlib, sys

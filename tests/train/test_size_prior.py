@@ -10,7 +10,6 @@ from edgeseg.runtime.errors import InputError
 from edgeseg.adapters import build_adapter
 from edgeseg.train.size_prior import (
     QuerySizeEstimator,
-    largest_component,
     target_size_ml,
     ti_loss,
     ti_loss_released,
@@ -80,13 +79,12 @@ def test_ti_loss_released_matches_hand_values():
 # --- target size -----------------------------------------------------------------------------------
 
 
-def test_largest_component_ignores_a_stray_blob():
+def test_target_size_counts_the_largest_26_connected_component():
     m = np.zeros((12, 12, 12), np.uint8)
     m[1:5, 1:5, 1:5] = 1  # 64 voxels
     m[9, 9, 9] = 1  # stray island
     m[4, 4, 5] = 1  # face-attached: part of the organ
-    m[5, 5, 5] = 1  # corner-attached to (4, 4, 4): 26-connectivity keeps it
-    assert largest_component(m).sum() == 66
+    m[5, 5, 5] = 1  # corner-attached to (4, 4, 4): the release's 26-connectivity keeps it
     est = target_size_ml([m], [0.5])
     assert est.S_ml == pytest.approx(66 * 0.5) and est.kept == (0,) and est.dropped == ()
 

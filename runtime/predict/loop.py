@@ -1,0 +1,126 @@
+"""The loop over a run's cases: lock, choose, plan, read ahead, run, log, progress.
+
+`predict_many` is the single-machine driver: one open engine, cases in input order, the next
+case's read and preprocessing overlapped with this one's inference when the engine runs on a GPU
+and the memory budget allows. A distributed driver would replace this module and keep the rest:
+it would take the same choices (`choose_cases`) and plans (`plan_case`) and hand each plan to
+`run_case` on a worker that holds an engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Sequence
+
+from edgeseg.runtime.errors import InputError, ResourceError
+from edgeseg.runtime.lock import output_lock
+from edgeseg.runtime.predict.case import ReadAhead, load_and_prepare, run_case
+from edgeseg.runtime.predict.options import PredictOptions
+from edgeseg.runtime.predict.plan import (CaseChoice, CasePlan, check_memory, check_out_folder, choose_cases,
+                                          collect_inputs, fits_beside, plan_case)
+
+
+def predict_many(engine, inputs: Sequence[str | Path], out: str | Path, opts: PredictOptions, *,
+                 progress: Callable[[int, int], None] | None = None, log: Callable[[str], None] = lambda m: None,
+                 locked: bool = False) -> list[dict]:
+    """Segment every input with one loaded engine; cases with a report are skipped unless `force`.
+
+    Returns one report per input, in input order (a skipped case: {"case", "skipped": True, "report"}).
+    The output folder is locked for the whole run: a second run into it is refused (`locked`: the caller
+    holds that lock already, as `edgeseg predict` does, taking it before the engine loads).
+    """
+    out = Path(out)
+    scans = collect_inputs(inputs)
+    check_out_folder(out, inputs, scans)
+    engine.check_window()
+    if locked:
+        return _run_all(engine, scans, out, opts, progress, log)
+    with output_lock(out, "edgeseg predict"):
+        return _run_all(engine, scans, out, opts, progress, log)
+
+
+def _run_all(engine, scans: list[Path], out: Path, opts: PredictOptions,
+             progress: Callable[[int, int], None] | None, log: Callable[[str], None]) -> list[dict]:
+    choices = choose_cases(engine, scans, out, opts)
+    for c in choices:
+        if c.redo_because is not None:
+            log(f"{c.case}: segmented again ({c.redo_because}); its earlier outputs are replaced")
+    todo = [i for i, c in enumerate(choices) if c.run]
+    pool = None
+    if _use_prefetch(engine, opts) and len(todo) > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeseg-prefetch")
+    reports: list[dict] = []
+    planned: dict[int, CasePlan] = {}  # the next case's plan, made in this case's turn to decide its read-ahead
+    ahead: dict[int, ReadAhead] = {}
+    try:
+        for i, choice in enumerate(choices):
+            if not choice.run:
+                log(f"{choice.case}: already segmented ({choice.case}.json); skipped (--force to redo)")
+                reports.append({"case": choice.case, "skipped": True, "report": str(out / f"{choice.case}.json")})
+            else:
+                plan = planned.pop(i, None) or _plan(engine, choice, out, opts)
+                nxt = next((j for j in todo if j > i), None)
+                if pool is not None and nxt is not None:
+                    following = _plan_ahead(engine, choices[nxt], out, opts)
+                    if following is not None:
+                        planned[nxt] = following
+                        read_ahead = _start_read_ahead(engine, plan, following, opts, pool)
+                        if read_ahead is not None:
+                            ahead[nxt] = read_ahead
+                # a redo replaces the case's own outputs: its report records it as --force, as it always has
+                r = run_case(engine, plan, replace(opts, force=True) if plan.redo_because else opts, ahead.pop(i, None))
+                if plan.redo_because is not None:
+                    r["redone_because"] = plan.redo_because
+                log(_summary(r))
+                reports.append(r)
+            if progress:
+                progress(i + 1, len(choices))
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)  # a read in flight ends before we return or raise
+    return reports
+
+
+def _plan(engine, choice: CaseChoice, out: Path, opts: PredictOptions) -> CasePlan:
+    return plan_case(engine, choice.path, choice.case, out, opts, redo_because=choice.redo_because)
+
+
+def _plan_ahead(engine, choice: CaseChoice, out: Path, opts: PredictOptions) -> CasePlan | None:
+    """The following case's plan, made early to decide its read-ahead; None when planning refuses it (a bad
+    header, outputs in the way ...): no read-ahead, and the case is planned and refused in its own turn."""
+    try:
+        return _plan(engine, choice, out, opts)
+    except Exception:
+        return None
+
+
+def _start_read_ahead(engine, current: CasePlan, following: CasePlan, opts: PredictOptions,
+                      pool) -> ReadAhead | None:
+    """Start reading the following case in `pool` when it fits beside this case's peak and its memory check
+    passes now, before its read (a refusal is raised in its own turn instead); None when it does not start."""
+    if not fits_beside(current, following, opts):
+        return None
+    try:
+        memory = check_memory(following, engine, opts)
+    except (InputError, ResourceError):
+        return None
+    return ReadAhead(memory, pool.submit(load_and_prepare, engine, following.path, opts))
+
+
+def _summary(r: dict) -> str:
+    vols = ", ".join(f"{o} {v:.1f} mL" for o, v in r["volume_ml"].items())
+    w = r["windows"]
+    blank = f" ({w['blank']} more of pure air: one run for all)" if w.get("blank") else ""
+    return (f"{r['case']}: {vols}; {r['total_seconds']:.1f} s ({r['ran']['backend']} {r['ran']['precision']}), "
+            f"{w['run']} windows{blank}" + (", read ahead" if r.get("prefetched") else ""))
+
+
+def _use_prefetch(engine, opts: PredictOptions) -> bool:
+    if opts.prefetch != "auto":
+        return opts.prefetch == "on"
+    ran = getattr(engine, "ran", None) or {}
+    where = f"{ran.get('backend', '')} {ran.get('device', '')}".lower()  # ort-cuda, ort-tensorrt, tensorrt, CUDA ...
+    return "cuda" in where or "tensorrt" in where

@@ -1,0 +1,261 @@
+"""Planning a predict run: the inputs, their stable case names, and one plan per case, made once.
+
+`collect_inputs` expands files, folders and lists; `case_names` gives each scan a name that does not
+depend on the rest of the batch; `choose_cases` decides, from the reports already there, which cases
+run, which are skipped and which are redone (and why). `plan_case` then makes a case's `CasePlan`:
+its output names and every refusal that needs no voxel (a link at an output name, a foreign file at
+the report's name, outputs that exist without --force), and its memory estimate from the header
+alone (`estimate_memory`). The plan is frozen and made once per case: the loop reuses the plan it
+made to decide a read-ahead when the case's turn comes. `check_memory` holds a plan against the
+memory budget at the moment the case (or its read-ahead) starts. Nothing here writes a file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from edgeseg.runtime.atomic import refuse_link
+from edgeseg.runtime.errors import InputError, ResourceError
+from edgeseg.runtime.host import available_memory, available_memory_bytes, current_rss_gib
+from edgeseg.runtime.nifti import is_nifti_path, open_nifti, scan_geometry
+from edgeseg.runtime.predict.options import PredictOptions
+from edgeseg.runtime.predict.report import made_with, read_report, why_redo
+
+GIB = 2**30
+
+
+# --- inputs and names ----------------------------------------------------------------------------------
+def check_out_folder(out: Path, inputs: Sequence[str | Path], scans: Sequence[Path]) -> None:
+    """Refuse an output folder that is an input folder (or inside one), or the folder of an input scan:
+    a second run would segment its own masks, and a report could land on a sidecar's name."""
+    o = Path(out).resolve()
+    folders = [Path(i).resolve() for i in inputs if Path(i).is_dir()]
+    for f in folders:
+        if o == f or f in o.parents:
+            raise InputError(f"the output folder is {'the' if o == f else 'inside the'} input folder {f}", path=out,
+                             fix="write the outputs to a folder outside the inputs (--out)")
+    for p in scans:
+        if o == p.resolve().parent:
+            raise InputError(f"the output folder is the folder of the input scan {p.name}", path=out,
+                             fix="write the outputs to a folder of their own (--out)")
+
+
+def case_name(path: Path) -> str:
+    name = path.name
+    for suffix in (".nii.gz", ".nii"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
+    """NIfTI files, folders of them (sorted), or text files listing one path per line (relative to the list)."""
+    found: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            scans = sorted(p for p in item.iterdir() if p.is_file() and is_nifti_path(p))
+            if not scans:
+                raise InputError("folder holds no .nii or .nii.gz file", path=item, fix="point at the scans themselves")
+            found += scans
+        elif item.suffix.lower() in (".txt", ".lst", ".list") and item.is_file():
+            lines = [ln.strip() for ln in item.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+            found += [p if p.is_absolute() else item.parent / p for p in map(Path, lines)]
+        else:
+            found.append(item)
+    for p in found:
+        if not p.exists():
+            raise InputError("input scan not found", path=p, fix="check the path (lists are read relative to their folder)")
+    case_names(found)  # refuse colliding outputs before any work
+    return found
+
+
+# File names that dataset layouts give every scan (TotalSegmentator: sXXXX/ct.nii.gz): the folder names the case.
+GENERIC_NAMES = {"ct", "image", "img", "scan", "volume"}
+
+
+def case_names(paths: Sequence[Path]) -> list[str]:
+    """Output names per scan, stable whatever else is in the batch: the file name without .nii(.gz), or
+    `<folder>_<name>` for a generic file name such as ct.nii.gz."""
+    stems = [case_name(p) for p in paths]
+    names = [f"{p.parent.name}_{s}" if s.lower() in GENERIC_NAMES else s for p, s in zip(paths, stems)]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"several inputs share the case name(s) {dupes}: their outputs would collide",
+                         fix="rename the scans or run them into separate --out folders")
+    return names
+
+
+def outputs_for(case: str, organs: Sequence[str], opts: PredictOptions) -> list[str]:
+    """The file names a case writes, its report aside."""
+    names = [f"{case}_{o}.nii.gz" for o in organs]
+    if len(organs) > 1:
+        names.append(f"{case}_labels.nii.gz")
+    if opts.save_prob:
+        names += [f"{case}_{o}_prob.nii.gz" for o in organs]
+    if opts.preview:
+        names.append(f"{case}_preview.png")
+    return names
+
+
+# --- which cases run -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CaseChoice:
+    """One scan of a run, before its header is read: its name, and whether (and why) it is segmented."""
+
+    path: Path
+    case: str
+    run: bool  # False: its report holds for this engine and these options; the case is skipped
+    redo_because: str | None = None  # it has a report made under something else: why it is segmented again
+
+
+def choose_cases(engine, scans: Sequence[Path], out: Path, opts: PredictOptions) -> list[CaseChoice]:
+    """Every scan's name and fate, from the reports in `out`; a file there that is not an edgeseg report
+    is refused here, before any work."""
+    choices = []
+    for path, case in zip(scans, case_names(scans)):
+        report = read_report(out / f"{case}.json")
+        if opts.force or report is None or (out / f"{case}.partial").exists():
+            choices.append(CaseChoice(path, case, True))
+        else:
+            why = why_redo(report, made_with(engine, path, opts))
+            choices.append(CaseChoice(path, case, why is not None, why))
+    return choices
+
+
+# --- one case's plan -----------------------------------------------------------------------------------
+def estimate_memory(input_shape, model_shape, n_organs: int, window, *, sw_batch: int = 1,
+                    input_itemsize: int = 4, save_prob: bool = False) -> dict[str, int]:
+    """Peak bytes of the arrays one case allocates, per stage, and their maximum (`peak`).
+
+    Follows what the case runner (`run_case`) holds at each stage: the scan as float32 (and its raw
+    voxels while they are converted), the model-grid image and its resampling, the sliding window's
+    accumulators (one float32 map per organ, one weight map) and their concatenation into the
+    probabilities, a batch of windows in and out, and the masks on the way back to the scan's grid (the
+    multi-label map's int64 argmax included). The backend's own memory (weights, one batch of
+    activations) is not in it: it is already resident when the check runs, and is counted there.
+    """
+    n_in, n_m = int(np.prod(input_shape)), int(np.prod(model_shape))
+    o, f4 = int(n_organs), 4
+    win = int(np.prod(window))
+    scan = n_in * f4
+    # a batch in and out, per-output scratch, and the Gaussian map (float64 while it is made, then float32)
+    windows = sw_batch * win * f4 * (1 + o) + o * win * f4 + win * (8 + f4 + f4)
+    # per organ: two bool masks (this organ's and the last one's), int32 components or the float copy,
+    # float back on the scan grid and its contiguous copy; labels: int64 argmax, float32 max, bool, int64
+    # where and its int64 operand, then float32, while the last organ's bool mask is still held
+    post_organ = n_m * (2 + f4 + f4) + n_in * (f4 + f4 + 1)
+    post_labels = n_m * (1 + 8 + f4 + 1 + 8 + 8) + n_in * (f4 + f4 + 1) if o > 1 else 0
+    post_prob = n_in * (f4 + f4) if save_prob else 0
+    stages = {
+        "read": n_in * (f4 + int(input_itemsize) + 8),  # raw voxels, float64 while scl_slope is applied, float32
+        "preprocess": scan + n_m * 2 * f4,
+        "inference": scan + n_m * f4 * max(1 + 2 * o, 2 + o) + windows,
+        "postprocess": scan + n_m * f4 * (1 + o) + o * n_in + max(post_organ, post_labels, post_prob),
+    }
+    return {**stages, "peak": max(stages.values())}
+
+
+@dataclass(frozen=True)
+class CasePlan:
+    """Everything decided about one case before any voxel is read: the input, where its outputs go,
+    whether they may replace files there, and the memory it needs (from the header)."""
+
+    path: Path  # the input scan
+    case: str  # its stable name: outputs are `<case>_<organ>.nii.gz`, `<case>.json`, ...
+    out: Path  # the output folder
+    outputs: tuple[str, ...]  # the file names it writes, its report aside (`outputs_for`)
+    force: bool  # existing outputs are replaced: --force, a redo, or a marker of an earlier edgeseg run
+    resumed: bool  # an earlier edgeseg run began it (its marker is there): what that run left is ours to remove
+    input_shape: tuple[int, ...]  # the scan's (or its chosen volume's) shape
+    model_shape: tuple[int, int, int]  # the model grid it is resampled to
+    memory: dict[str, int]  # `estimate_memory`: bytes per stage and "peak"
+    redo_because: str | None = None  # why its earlier report no longer holds (None: not a redo)
+
+    @property
+    def report_path(self) -> Path:
+        return self.out / f"{self.case}.json"
+
+    @property
+    def marker(self) -> Path:
+        """`<case>.partial`: written before the first output, removed after the report."""
+        return self.out / f"{self.case}.partial"
+
+    def output_paths(self) -> list[Path]:
+        return [self.out / n for n in self.outputs]
+
+
+def plan_case(engine, path: Path, case: str, out: Path, opts: PredictOptions, *,
+              redo_because: str | None = None) -> CasePlan:
+    """The case's plan, or the refusal that needs no voxel: a link at any of its names, a file at its report's
+    name that edgeseg did not write (refused even with --force), outputs that exist (without --force), a
+    header that cannot be read or a 4D series without --volume. Reads the header only; writes nothing."""
+    from edgeseg.runtime.preprocess import plan_grid
+
+    out = Path(out)
+    names = tuple(outputs_for(case, engine.organs, opts))
+    report_path, marker = out / f"{case}.json", out / f"{case}.partial"
+    for p in (marker, report_path, *(out / n for n in names)):
+        refuse_link(p)  # before anything is read or written: never through a link someone planted
+    read_report(report_path)  # a file of that name that is not ours: refused, even with --force
+    resumed = marker.exists()
+    force = opts.force or redo_because is not None or resumed  # a marker: an edgeseg run began it, its files are ours
+    if not force:
+        clash = [n for n in names if (out / n).exists()]
+        if clash:
+            raise InputError(f"outputs already exist: {', '.join(clash)}", path=out, fix="pass --force to overwrite them")
+    shape, affine = scan_geometry(path, volume=opts.volume)
+    t = plan_grid(shape, affine, engine.preprocess)
+    itemsize = int(open_nifti(path).get_data_dtype().itemsize)
+    memory = estimate_memory(shape, t.model_shape, len(engine.organs), engine.preprocess.window,
+                             sw_batch=opts.sw_batch, input_itemsize=itemsize, save_prob=opts.save_prob)
+    return CasePlan(Path(path), case, out, names, force, resumed, tuple(shape), tuple(t.model_shape), memory,
+                    redo_because)
+
+
+# --- memory ----------------------------------------------------------------------------------------------
+def check_memory(plan: CasePlan, engine, opts: PredictOptions) -> dict:
+    """Refuse a case that would not fit the memory budget now, before any voxel is read; return the numbers.
+
+    Budget: `opts.max_memory_gib` for the whole process, or (when unset) the memory available now on
+    top of what the process already holds. The process's resident memory now (engine loaded) plus the
+    case's estimated peak must fit.
+    """
+    shape, model_shape, peak = plan.input_shape, plan.model_shape, plan.memory["peak"]
+    resident = int(current_rss_gib() * GIB)
+    need = resident + peak
+    if opts.max_memory_gib is not None:
+        budget, source = int(opts.max_memory_gib * GIB), f"--max-memory {opts.max_memory_gib:g}"
+    else:
+        available, limit = available_memory()
+        budget = None if available is None else resident + available
+        source = (f"the {(available or 0) / GIB:.1f} GiB this process can still take now ({limit}; no --max-memory "
+                  "given)")
+    info = {"input_shape": list(shape), "model_shape": list(model_shape), "estimated_peak_gib": round(peak / GIB, 3),
+            "resident_gib": round(resident / GIB, 3), "budget_gib": None if budget is None else round(budget / GIB, 3)}
+    if budget is not None and need > budget:
+        need_gib = math.ceil(need / GIB * 10) / 10
+        raise ResourceError(
+            f"needs about {need_gib:.1f} GiB of memory: {peak / GIB:.2f} GiB for this scan (shape "
+            f"{'x'.join(map(str, shape))}, model grid {'x'.join(map(str, model_shape))} at "
+            f"{'x'.join(f'{v:g}' for v in engine.preprocess.spacing)} mm, {len(engine.organs)} organ(s)) on top of the "
+            f"{resident / GIB:.2f} GiB this run holds already; over the budget of {source}; nothing was written",
+            path=plan.path,
+            fix=f"run it with --max-memory {need_gib:.1f} (or more) on a machine with that much free memory, or crop "
+                "the scan to the region of interest first (a large field of view or an unusual spacing makes the "
+                "model grid large)")
+    return info
+
+
+def fits_beside(current: CasePlan, following: CasePlan, opts: PredictOptions) -> bool:
+    """Whether the following case, read and preprocessed, fits beside this one's peak in the memory budget."""
+    peak = current.memory["peak"] + following.memory["preprocess"]
+    resident = int(current_rss_gib() * GIB)
+    if opts.max_memory_gib is not None:
+        return resident + peak <= opts.max_memory_gib * GIB
+    available = available_memory_bytes()
+    return available is None or peak <= available
