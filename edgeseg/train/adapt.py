@@ -166,33 +166,39 @@ def predict_features(adapter, features: Sequence[np.ndarray], window: Sequence[i
     """The adapter's organ probability (D, H, W) over whole feature volumes, by Gaussian-blended sliding windows.
 
     `features` are the cut's arrays in trunk order on nested grids (``(feat,)``, or ``(enc0, dec0)`` with dec0
-    at half resolution): coarser arrays are repeated up to the finest grid so one window slices all of
-    them, and each window gives the adapter its own arrays back at their own scales.
+    at half resolution). Windows start on multiples of the coarsest scale, so each window slices every array
+    at its own scale; only one window's features are ever float32 (a whole float16 region at feature size
+    48 is hundreds of MB as float32). Padding beyond the volume is 0, as `sliding_window` pads.
     """
     import torch
 
-    from edgeseg.runtime.sliding_window import sliding_window
+    from edgeseg.runtime.sliding_window import WindowAggregator, pad_widths, plan_windows
 
-    fine = np.asarray(features[0], dtype=np.float32)
-    parts, splits, scales = [fine], [fine.shape[0]], [1]
-    for f in features[1:]:
-        f = np.asarray(f, dtype=np.float32)
-        s = max(1, round(fine.shape[1] / max(1, f.shape[1])))  # 2 for dec0, also over an odd-sized scan (141 / 71)
-        up = f.repeat(s, 1).repeat(s, 2).repeat(s, 3)[:, :fine.shape[1], :fine.shape[2], :fine.shape[3]]
-        parts.append(up)
-        splits.append(splits[-1] + f.shape[0])
-        scales.append(s)
-    volume = np.concatenate(parts) if len(parts) > 1 else fine
-    bounds = [0] + splits
+    fine = features[0]
+    shape = tuple(int(n) for n in fine.shape[1:])
+    scales = [1] + [max(1, round(shape[0] / max(1, f.shape[1]))) for f in features[1:]]  # 2 for dec0, odd sizes too
+    align = max(scales)
+    window = tuple(min(int(w), n) // align * align for w, n in zip(window, shape))
+    pads = pad_widths(shape, window, align=align)
+    agg = WindowAggregator(shape, window, channels=[1], scales=[1])
 
-    def run(batch: np.ndarray):
-        x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-        args = [x[:, bounds[i]:bounds[i + 1], ::scales[i], ::scales[i], ::scales[i]] for i in range(len(scales))]
-        with torch.no_grad():
-            return torch.sigmoid(adapter(*args)).numpy()
+    def crop(array, start, s: int) -> np.ndarray:
+        """The window of `array` (at scale s) starting at `start` (volume grid), float32, 0 outside it."""
+        out = np.zeros((array.shape[0], *(w // s for w in window)), np.float32)
+        src, dst = [], []
+        for v, w, n in zip(start, window, array.shape[1:]):
+            lo, hi = max(v // s, 0), min((v + w) // s, n)
+            src.append(slice(lo, max(hi, lo)))
+            dst.append(slice(lo - v // s, max(hi, lo) - v // s))
+        out[(slice(None), *dst)] = array[(slice(None), *src)]
+        return out
 
-    window = tuple(min(int(w), int(n)) // max(scales) * max(scales) for w, n in zip(window, fine.shape[1:]))
-    return sliding_window(volume, window, run, overlap=overlap, align=max(scales))[0][0]
+    with torch.no_grad():
+        for padded_start in plan_windows(shape, window, overlap, align=align):
+            start = tuple(p - lo for p, (lo, _) in zip(padded_start, pads))
+            args = [torch.from_numpy(crop(f, start, s))[None] for f, s in zip(features, scales)]
+            agg.add([torch.sigmoid(adapter(*args))[0].numpy()], start)
+    return agg.finalize(np.float32)[0][0]
 
 
 def heldout_dice(adapter, entries, window: Sequence[int]) -> float:
@@ -358,6 +364,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
         pretrained, _, _ = load_checkpoint(ckpt, ModelSpec.from_dict(model_spec))
     adapter = build_adapter(kind, feature_size=model_spec["feature_size"], pretrained=pretrained,
                             class_index=class_index)
+    del pretrained  # the whole checkpoint model (250 MB at feature size 48): only its head row / block was needed
     init = {"block": "checkpoint decoder1" if kind == "ft-last" else ("identity" if kind == "spatial" else "random"),
             "head": f"pretrained head row {class_index} ({cache.organ})" if class_index is not None else "random"}
     train_entries, heldout = split_holdout(cache.supports, config)

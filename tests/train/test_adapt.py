@@ -265,3 +265,33 @@ def test_a_users_files_named_like_an_adapters_are_never_overwritten_even_with_fo
     assert (out / "adapter.safetensors").read_bytes() == b"the user's own weights"
     adapt(liver_cache, tmp_path / "ours", AdaptConfig(adapter="lp", steps=1, seed=0))
     adapt(liver_cache, tmp_path / "ours", AdaptConfig(adapter="lp", steps=1, seed=0), force=True)  # ours to replace
+
+
+@pytest.mark.parametrize("shape", [(40, 36, 44), (41, 37, 45)])
+def test_predict_features_equals_one_sliding_window_over_the_upsampled_features(shape):
+    """Window by window on the arrays' own scales (never the whole region as float32) gives exactly what a
+    sliding window over the features, dec0 repeated up to the fine grid, gives: odd sizes included."""
+    import torch
+
+    from edgeseg.adapters import build_adapter
+    from edgeseg.runtime.sliding_window import sliding_window
+    from edgeseg.train.adapt import predict_features
+
+    torch.manual_seed(0)
+    adapter = build_adapter("decoder-block", feature_size=12).eval()
+    rng = np.random.default_rng(0)
+    enc0 = rng.standard_normal((12, *shape)).astype(np.float16)
+    dec0 = rng.standard_normal((12, *(-(-n // 2) for n in shape))).astype(np.float16)
+    got = predict_features(adapter, (enc0, dec0), (32, 32, 32))
+
+    up = dec0.astype(np.float32).repeat(2, 1).repeat(2, 2).repeat(2, 3)[:, :shape[0], :shape[1], :shape[2]]
+    volume = np.concatenate([enc0.astype(np.float32), up])
+
+    def run(batch):
+        x = torch.from_numpy(np.ascontiguousarray(batch))
+        with torch.no_grad():
+            return torch.sigmoid(adapter(x[:, :12], x[:, 12:, ::2, ::2, ::2])).numpy()
+
+    want = sliding_window(volume, (32, 32, 32), run, align=2)[0][0]
+    assert got.shape == shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
