@@ -31,11 +31,11 @@ from edgeseg.runtime.manifest import (
     sha256_file,
     write_manifest,
 )
+from edgeseg.runtime.support import GRAPH_PRECISIONS, check_graph_precisions
 
 __all__ = ["ENGINE_KIND", "fuse", "fuse_graphs", "graph_name", "output_name"]
 
 ENGINE_KIND = "engine"
-PRECISIONS = ("fp32", "fp16")
 INPUT_NAME = "image"
 ADAPTER_GRAPH = "adapter.onnx"
 ADAPTER_WEIGHTS = "adapter.safetensors"
@@ -254,7 +254,7 @@ def _check(path: Path, precision: str, inputs, reference, *, threads: int | None
 
 @locks_output("edgeseg fuse")  # one run per --out: a second one is refused
 def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | Path, *,
-         precisions: Sequence[str] = PRECISIONS, tensorrt: bool = False, force: bool = False,
+         precisions: Sequence[str] = GRAPH_PRECISIONS, tensorrt: bool = False, force: bool = False,
          threads: int | None = None, log: Log = print) -> dict:
     """Fuse the trunk in `trunk_dir` with the adapters in `adapter_dirs` into folder `out`; returns its manifest.
 
@@ -271,17 +271,13 @@ def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | P
 
     trunk_dir, out = Path(trunk_dir), Path(out)
     adapter_dirs = [Path(a) for a in adapter_dirs]
-    precisions = tuple(dict.fromkeys(precisions))
-    bad = [p for p in precisions if p not in PRECISIONS]
-    if bad or not precisions:
-        raise InputError(f"--precision {','.join(precisions) or '(none)'}: choose from {', '.join(PRECISIONS)}",
-                         fix="e.g. --precision fp32,fp16")
+    precisions = check_graph_precisions(precisions)
     if tensorrt:
-        from edgeseg.runtime.backends import _require
+        from edgeseg.runtime.availability import require
 
         if "fp16" not in precisions:
             raise InputError("--tensorrt builds from the fused fp16 graph", fix="add fp16 to --precision")
-        _require("tensorrt", "TensorRT")  # BackendUnavailable with the install hint, before any work
+        require("tensorrt", "TensorRT")  # BackendUnavailable with the install hint, before any work
     claim_output(out, ENGINE_KIND, force=force, ignore=OWN_FILES, dry_run=True)  # only an edgeseg engine is replaced
     trunk, trunk_hash, adapters = _read_inputs(trunk_dir, adapter_dirs)
     claim_output(out, ENGINE_KIND, force=force, ignore=OWN_FILES)

@@ -20,9 +20,9 @@ from edgeseg.runtime.atomic import unlink_own, write_text_atomic
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.lock import locks_output
 from edgeseg.runtime.manifest import OWN_FILES, claim_output, sha256_file, write_manifest
+from edgeseg.runtime.support import GRAPH_PRECISIONS, check_graph_precisions
 
 TRUNK_KIND = "trunk"
-PRECISIONS = ("fp32", "fp16")
 Log = Callable[[str], None]
 
 
@@ -122,7 +122,7 @@ def export_trunk(
     out: str | Path,
     *,
     cut: str = "decoder1",
-    precisions: Sequence[str] = PRECISIONS,
+    precisions: Sequence[str] = GRAPH_PRECISIONS,
     max_batch: int = 4,
     tensorrt: bool = False,
     spec=None,
@@ -139,11 +139,7 @@ def export_trunk(
     from edgeseg.model.checkpoint import load_checkpoint
     from edgeseg.model.swinunetr import split
 
-    precisions = tuple(dict.fromkeys(precisions))
-    bad = [p for p in precisions if p not in PRECISIONS]
-    if bad or not precisions:
-        raise InputError(f"--precision {','.join(precisions) or '(none)'}: choose from {', '.join(PRECISIONS)}",
-                         fix="e.g. --precision fp32,fp16")
+    precisions = check_graph_precisions(precisions)
     if tensorrt and "fp16" not in precisions:
         raise InputError("--tensorrt builds from the mixed fp16 graph", fix="add fp16 to --precision")
     out = Path(out)

@@ -4,7 +4,8 @@ A trunk folder (`edgeseg export`) and an engine folder (`edgeseg fuse`) both lis
 precision and TensorRT engines by engine key in their manifests. `open_on_backend` picks the one the
 caller asked for and opens it on a backend by name (no fallback) or by `choose_backend` ("auto",
 which says what ran and why); it returns the active backend, the precision of the graph it runs and
-the reason.
+the reason. Which file a backend, device and precision runs (or why none can) is the support table's
+`Combination.runs` (`edgeseg.runtime.support`).
 """
 
 from __future__ import annotations
@@ -15,9 +16,19 @@ from typing import Any
 
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import member_path
-
-BACKEND_CHOICES = ("auto", "ort", "openvino", "torch", "tensorrt")
-PRECISION_CHOICES = ("fp32", "fp16", "bf16")
+from edgeseg.runtime.support import (
+    DEFAULT_PRECISION,
+    PROBES,
+    BackendChoice,
+    Precision,
+    Refusal,
+    Source,
+    combination,
+    parse_choice,
+    parse_backend,
+    parse_device,
+    parse_precision,
+)
 
 
 class OpenedArtifact:
@@ -34,6 +45,11 @@ class OpenedArtifact:
         info = self.backend.describe()
         return f"{info.backend} {info.precision} on {info.device}"
 
+    @property
+    def on_gpu(self) -> bool:
+        """Whether the backend runs on a GPU (CUDA, or ONNX Runtime's TensorRT execution provider)."""
+        return self.backend.device.is_gpu
+
     def close(self) -> None:
         self.backend.deactivate()
 
@@ -44,15 +60,9 @@ class OpenedArtifact:
         self.close()
 
 
-def check_choices(backend: str, precision: str | None, backends: tuple[str, ...] = BACKEND_CHOICES) -> str:
-    key = str(backend).strip().lower()
-    if key not in backends:
-        raise InputError(f"unknown backend {backend!r}; choices: {', '.join(backends)}",
-                         fix=f"use one of {', '.join(backends)}")
-    if precision is not None and precision not in PRECISION_CHOICES:
-        raise InputError(f"unknown precision {precision!r}; choices: {', '.join(PRECISION_CHOICES)}",
-                         fix="use fp32, fp16 or bf16 (or leave it unset)")
-    return key
+def check_choices(backend: str | BackendChoice, precision: str | None) -> tuple[BackendChoice, Precision | None]:
+    """What `open_trunk` / `open_engine` were asked for, parsed (unknown names refused with the choices)."""
+    return parse_choice(backend), parse_precision(precision)
 
 
 def artifacts_present(manifest: dict) -> str:
@@ -120,23 +130,26 @@ def pick_engine(folder: Path, manifest: dict, *, required: bool, rebuild: str) -
     return member_path(folder, chosen[1].get("file"), manifest=manifest), chosen[1].get("key")
 
 
-def open_on_backend(folder: Path, manifest: dict, key: str, precision: str | None, *, threads: int | None,
-                    device: str | None, cache_dir, rebuild: str,
+def open_on_backend(folder: Path, manifest: dict, key: BackendChoice, precision: Precision | None, *,
+                    threads: int | None, device: str | None, cache_dir, rebuild: str,
                     torch_module: Callable[[], Any] | None = None) -> tuple[Any, str, str]:
     """(active backend, precision of the graph it runs, why it was chosen) for the artifact in `folder`.
 
     precision None: the fp32 graph for a named backend (the engine's fp16 for "tensorrt"), any graph
     for "auto" (fp16 on GPU candidates only, as `default_candidates` offers them); "fp32"/"fp16": that
     graph only (refused, naming what the folder has, when missing); "bf16": OpenVINO on the fp32 graph.
+    `torch_module` rebuilds the torch module from the folder's checkpoint (a trunk's); without it the
+    torch backend is refused.
     """
     from edgeseg.runtime.backends import Candidate, choose_backend, default_candidates, open_backend
 
-    if key == "auto":
+    key, precision = check_choices(key, precision)
+    if key is BackendChoice.AUTO:
         graphs = manifest.get("graphs") or {}
-        if precision in ("fp32", "fp16"):
-            graph_path(folder, manifest, precision, rebuild)  # refuse a missing graph by name
+        if precision in (Precision.FP32, Precision.FP16):
+            graph_path(folder, manifest, str(precision), rebuild)  # refuse a missing graph by name
         fp32 = fp16 = None
-        if precision == "bf16":
+        if precision is Precision.BF16:
             cands = [Candidate("openvino", graph_path(folder, manifest, "fp32", rebuild), precision="bf16",
                                options={"threads": threads, "cache_dir": cache_dir})]
         else:
@@ -157,36 +170,28 @@ def open_on_backend(folder: Path, manifest: dict, key: str, precision: str | Non
             else "fp32"
         return chosen, picked, reason
 
-    if key == "ort":
-        if precision == "bf16":
-            raise InputError("ONNX Runtime runs the graph's own precision (fp32 or mixed fp16), not bf16",
-                             fix="use --backend openvino for bf16 on the CPU")
-        graph = precision or "fp32"
-        opts = {"threads": threads} | ({"cache_dir": cache_dir} if cache_dir is not None else {})
-        made = open_backend("ort", graph_path(folder, manifest, graph, rebuild), precision=graph, device=device, **opts)
-    elif key == "openvino":
-        if precision == "fp16":
-            raise InputError("OpenVINO on the CPU runs fp32 or bf16, not fp16",
-                             fix="use precision fp32 or bf16 with --backend openvino, or --backend ort for the fp16 graph")
-        graph = "fp32"
-        made = open_backend("openvino", graph_path(folder, manifest, "fp32", rebuild), precision=precision or "fp32",
-                            threads=threads, cache_dir=cache_dir)
-    elif key == "tensorrt":
-        if precision == "fp32":
-            raise InputError("the TensorRT engines edgeseg builds run the mixed fp16 graph", path=folder,
-                             fix="use precision fp16 (or none) with --backend tensorrt, or another backend for fp32")
-        graph = "fp16"
+    name = parse_backend(key)
+    dev, _ = parse_device(name, device)
+    row = combination(name, dev, precision or DEFAULT_PRECISION[name])  # the table's refusal, if any
+    if isinstance(row.runs, Refusal):
+        raise row.runs.error(path=folder)
+    if row.runs is Source.ENGINE:
         plan, engine_key = pick_engine(folder, manifest, required=True, rebuild=rebuild)  # type: ignore[misc]
-        made = open_backend("tensorrt", plan, precision="fp16", manifest_key=engine_key)
-    elif key == "torch" and torch_module is not None:
-        graph = "fp32"
-        from edgeseg.runtime.backends import _require  # the install hint before a slow checkpoint load
+        made = open_backend(name, plan, precision=row.precision, device=device, manifest_key=engine_key)
+    elif row.runs is Source.CHECKPOINT:
+        if torch_module is None:
+            raise InputError(f"backend {name} runs a trunk rebuilt from its checkpoint; a fused engine has no torch form "
+                             "(it would be the trunk and adapters rebuilt, not the fused graph)", path=folder,
+                             fix="use --backend auto, ort, openvino or tensorrt")
+        from edgeseg.runtime.availability import require
 
-        _require("torch-cuda" if (device or "cpu").startswith("cuda") else "torch-cpu", "PyTorch")
-        made = open_backend("torch", torch_module(), precision=precision or "fp32", device=device, threads=threads)
+        probe = PROBES[(name, dev)]
+        require(probe.name, probe.title)  # the install hint before a slow checkpoint load
+        made = open_backend(name, torch_module(), precision=row.precision, device=device, threads=threads)
     else:
-        raise InputError(f"backend {key!r} cannot run this artifact", path=folder, fix="use auto, ort, openvino or tensorrt")
+        opts = {"threads": threads} | ({"cache_dir": cache_dir} if cache_dir is not None else {})
+        made = open_backend(name, graph_path(folder, manifest, row.runs.graph_precision, rebuild),
+                            precision=row.precision, device=device, **opts)
     made.activate()
     info = made.describe()
-    return made, graph, f"{key} as asked ({info.precision} on {info.device})"
-
+    return made, row.runs.graph_precision, f"{name} as asked ({info.precision} on {info.device})"

@@ -10,6 +10,8 @@ import importlib
 import importlib.util
 from dataclasses import asdict, dataclass
 
+from edgeseg.runtime.errors import BackendUnavailable
+
 
 @dataclass(frozen=True)
 class BackendStatus:
@@ -112,3 +114,21 @@ def _openvino_status() -> BackendStatus:
 def probe_backends() -> list[BackendStatus]:
     """Every backend edgeseg knows, usable or not, in a stable order."""
     return [*_torch_statuses(), *_onnxruntime_statuses(), _openvino_status(), _tensorrt_status()]
+
+
+def status(name: str) -> BackendStatus:
+    """The probe of one backend by its status name ("ort-cuda", ...): only that one (probing torch is slow)."""
+    if name.startswith("ort-"):
+        return next(s for s in _onnxruntime_statuses() if s.name == name)
+    if name == "openvino":
+        return _openvino_status()
+    if name == "tensorrt":
+        return _tensorrt_status()
+    return next(s for s in _torch_statuses() if s.name == name)
+
+
+def require(name: str, title: str) -> None:
+    """Refuse, with the probe's reason and install hint, a backend that cannot run here."""
+    found = status(name)
+    if not found.usable:
+        raise BackendUnavailable(f"{title} cannot run here: {found.detail}", fix=found.install_hint or None)

@@ -21,11 +21,10 @@ from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import content_hash, read_manifest
 from edgeseg.runtime.preprocess import PreprocessSpec
 
-__all__ = ["BACKEND_CHOICES", "ENGINE_KIND", "Engine", "open_engine", "read_engine_manifest"]
+__all__ = ["ENGINE_KIND", "Engine", "open_engine", "read_engine_manifest"]
 
 ENGINE_KIND = "engine"
 REBUILD = "edgeseg fuse TRUNK ADAPTER... --out DIR"
-BACKEND_CHOICES = ("auto", "ort", "openvino", "tensorrt")
 
 
 def read_engine_manifest(folder: str | Path, *, verify_files: bool = True) -> dict:
@@ -131,7 +130,7 @@ def open_engine(folder: str | Path, *, backend: str = "auto", precision: str | N
     "fp16": that graph only; "bf16": OpenVINO in bf16 on the fp32 graph.
     """
     folder = Path(folder)
-    key = check_choices(backend, precision, BACKEND_CHOICES)
+    key, precision = check_choices(backend, precision)
     manifest = read_engine_manifest(folder)
     made, graph, reason = open_on_backend(folder, manifest, key, precision, threads=threads, device=device,
                                           cache_dir=cache_dir, rebuild=REBUILD)

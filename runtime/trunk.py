@@ -20,17 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgeseg.runtime.artifact import (
-    BACKEND_CHOICES,
-    OpenedArtifact,
-    check_choices,
-    open_on_backend,
-)
+from edgeseg.runtime.artifact import OpenedArtifact, check_choices, open_on_backend
 from edgeseg.runtime.errors import BackendUnavailable, InputError
 from edgeseg.runtime.manifest import content_hash, read_manifest, sha256_file
 from edgeseg.runtime.preprocess import PreprocessSpec
 
-__all__ = ["BACKEND_CHOICES", "REBUILD", "Trunk", "open_trunk", "read_trunk_manifest"]
+__all__ = ["REBUILD", "Trunk", "open_trunk", "read_trunk_manifest"]
 
 TRUNK_KIND = "trunk"
 REBUILD = "edgeseg export CHECKPOINT --out DIR"
@@ -155,7 +150,7 @@ def open_trunk(folder: str | Path, *, backend: str = "auto", precision: str | No
     folder has, when it is missing); "bf16": OpenVINO (or torch) in bf16 on the fp32 graph.
     """
     folder = Path(folder)
-    key = check_choices(backend, precision)
+    key, precision = check_choices(backend, precision)
     manifest = read_trunk_manifest(folder)
 
     made, graph, reason = open_on_backend(folder, manifest, key, precision, threads=threads, device=device,

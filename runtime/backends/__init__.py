@@ -17,52 +17,29 @@ Preference order (fastest first, as measured for this model; see design.md):
 7. ``ort-cpu``            ONNX Runtime CPU
 8. ``torch-cpu``          PyTorch eager on the CPU
 
+Which backend runs on which device in which precision, and why the other combinations are refused,
+is the one table of `edgeseg.runtime.support`; `open_backend` consults it before loading anything.
 Torch-free: backend modules (and their heavy libraries) are imported only when opened.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from edgeseg.runtime.backends.base import PRECISIONS, Backend, BackendInfo, TensorSpec, check_batch
+from edgeseg.runtime.availability import require
+from edgeseg.runtime.backends.base import Backend, BackendInfo, TensorSpec, check_batch
 from edgeseg.runtime.errors import BackendUnavailable, EdgesegError, InputError
+from edgeseg.runtime.support import DEVICES, PROBES, BackendName, check_combination
 
 __all__ = [
-    "BACKENDS", "PREFERENCE", "Backend", "BackendInfo", "Candidate", "TensorSpec", "check_batch",
+    "PREFERENCE", "Backend", "BackendInfo", "Candidate", "TensorSpec", "check_batch",
     "choose_backend", "default_candidates", "open_backend",
 ]
 
-BACKENDS = ("ort", "openvino", "tensorrt", "torch")
-DEVICES = {"ort": ("cpu", "cuda", "tensorrt"), "openvino": ("cpu",), "tensorrt": ("cuda",), "torch": ("cpu", "cuda")}
 PREFERENCE = ("tensorrt-fp16", "ort-tensorrt-fp16", "ort-cuda", "torch-cuda", "openvino-bf16", "openvino-fp32",
               "ort-cpu", "torch-cpu")
-
-
-def _closest(name: str, choices: tuple[str, ...]) -> str:
-    match = difflib.get_close_matches(name.lower(), choices, n=1, cutoff=0.4)
-    return f"; did you mean {match[0]!r}?" if match else ""
-
-
-def _status(key: str):
-    """The availability probe for one backend (only that one: probing torch is slow when unused)."""
-    from edgeseg.runtime import availability as av
-
-    if key.startswith("ort-"):
-        return next(s for s in av._onnxruntime_statuses() if s.name == key)
-    if key == "openvino":
-        return av._openvino_status()
-    if key == "tensorrt":
-        return av._tensorrt_status()
-    return next(s for s in av._torch_statuses() if s.name == key)
-
-
-def _require(key: str, what: str) -> None:
-    status = _status(key)
-    if not status.usable:
-        raise BackendUnavailable(f"{what} cannot run here: {status.detail}", fix=status.install_hint or None)
 
 
 def _model_path(model: Any, suffixes: tuple[str, ...], backend: str) -> Path:
@@ -78,7 +55,7 @@ def _model_path(model: Any, suffixes: tuple[str, ...], backend: str) -> Path:
     return path
 
 
-def open_backend(name: str, model: Any, *, precision: str | None = None, device: str | None = None,
+def open_backend(name: str | BackendName, model: Any, *, precision: str | None = None, device: str | None = None,
                  threads: int | None = None, cache_dir: str | Path | None = None, **options: Any) -> Backend:
     """Build (not yet activate) the backend `name` for `model`.
 
@@ -86,47 +63,35 @@ def open_backend(name: str, model: Any, *, precision: str | None = None, device:
     `nn.Module` ("torch"). `precision` None means the backend's default: what the artifact holds for
     "ort" and "tensorrt" (fp32 or mixed fp16 graph/engine), fp32 for "openvino" and "torch"; an
     explicit precision is checked against the artifact and refused when it cannot be honoured.
-    Raises InputError for a wrong name/device/precision/path, BackendUnavailable (with the install
-    hint) when the backend's library or device is missing here. Never falls back to another backend.
+    Raises InputError for a wrong name/device/precision/path (the support table's reason),
+    BackendUnavailable (with the install hint) when the backend's library or device is missing here.
+    Never falls back to another backend.
     """
-    key = str(name).strip().lower()
-    if key not in BACKENDS:
-        raise InputError(f"unknown backend {name!r}; choices: {', '.join(BACKENDS)}{_closest(key, BACKENDS)}",
-                         fix=f"use one of {', '.join(BACKENDS)}")
-    if precision is not None and precision not in PRECISIONS:
-        raise InputError(f"unknown precision {precision!r}; choices: {', '.join(PRECISIONS)}{_closest(precision, PRECISIONS)}",
-                         fix=f"use one of {', '.join(PRECISIONS)}")
-    device = (device or DEVICES[key][0]).lower()
-    if device.split(":")[0] not in DEVICES[key]:
-        raise InputError(f"backend {key!r} runs on {', '.join(DEVICES[key])}, not {device!r}",
-                         fix=f"pass device={DEVICES[key][0]!r}" + (" or pick another backend" if len(DEVICES[key]) == 1 else ""))
+    key, dev, index, prec = check_combination(name, device, precision)
+    precision = None if prec is None else prec.value
+    probe = PROBES[(key, dev)]
+    if index is not None and key is not BackendName.TORCH:
+        options.setdefault("device_id", index)
 
-    if key == "ort":
-        path = _model_path(model, (".onnx",), key)
-        _require({"cpu": "ort-cpu", "cuda": "ort-cuda", "tensorrt": "ort-tensorrt"}[device],
-                 f"ONNX Runtime on {device!r}")
+    if key is BackendName.ORT:
+        path = _model_path(model, (".onnx",), key.value)
+        require(probe.name, probe.title)
         from edgeseg.runtime.backends.ort import OrtBackend
 
-        kind, _, index = device.partition(":")
-        if index:
-            options.setdefault("device_id", int(index))
-        return OrtBackend(path, precision=precision, device=kind, threads=threads, cache_dir=cache_dir, **options)
-    if key == "openvino":
-        path = _model_path(model, (".onnx", ".xml"), key)
-        _require("openvino", "OpenVINO")
+        return OrtBackend(path, precision=precision, device=dev.value, threads=threads, cache_dir=cache_dir, **options)
+    if key is BackendName.OPENVINO:
+        path = _model_path(model, (".onnx", ".xml"), key.value)
+        require(probe.name, probe.title)
         from edgeseg.runtime.backends.openvino import OpenVinoBackend
 
         return OpenVinoBackend(path, precision=precision or "fp32", threads=threads, cache_dir=cache_dir, **options)
-    if key == "tensorrt":
-        path = _model_path(model, (".plan", ".engine"), key)
-        _require("tensorrt", "TensorRT")
+    if key is BackendName.TENSORRT:
+        path = _model_path(model, (".plan", ".engine"), key.value)
+        require(probe.name, probe.title)
         from edgeseg.runtime.backends.tensorrt import TensorRTBackend
 
-        if ":" in device:
-            options.setdefault("device_id", int(device.partition(":")[2]))
         return TensorRTBackend(path, precision=precision, **options)
-    # torch
-    _require("torch-cuda" if device.startswith("cuda") else "torch-cpu", f"PyTorch on {device!r}")
+    require(probe.name, probe.title)
     import torch.nn
 
     if not isinstance(model, torch.nn.Module):
@@ -134,7 +99,8 @@ def open_backend(name: str, model: Any, *, precision: str | None = None, device:
                          fix="pass the trunk module (edgeseg.model.swinunetr.split), or use 'ort' for an ONNX file")
     from edgeseg.runtime.backends.torch import TorchBackend
 
-    return TorchBackend(model, precision=precision or "fp32", device=device, threads=threads, **options)
+    return TorchBackend(model, precision=precision or "fp32", device=dev.value if index is None else f"{dev}:{index}",
+                        threads=threads, **options)
 
 
 # --- explicit auto mode --------------------------------------------------------------------------
@@ -158,9 +124,9 @@ class Candidate:
 
     @property
     def label(self) -> str:
-        device = (self.device or DEVICES.get(self.backend, ("cpu",))[0]).split(":")[0]
+        device = str(self.device or DEVICES.get(self.backend, ("cpu",))[0]).split(":")[0]
         if self.backend == "ort":
-            return {"tensorrt": "ort-tensorrt-fp16", "cuda": "ort-cuda", "cpu": "ort-cpu"}.get(device, f"ort-{device}")
+            return "ort-tensorrt-fp16" if device == "tensorrt" else f"ort-{device}"
         if self.backend == "openvino":
             return f"openvino-{self.precision or 'fp32'}"
         if self.backend == "tensorrt":

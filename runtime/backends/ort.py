@@ -21,13 +21,15 @@ import numpy as np
 
 from edgeseg.runtime.backends.base import Backend, BackendInfo, TensorSpec
 from edgeseg.runtime.errors import BackendUnavailable, InputError
+from edgeseg.runtime.support import Device
 
 ORT_TYPES = {
     "tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
     "tensor(bfloat16)": "bfloat16", "tensor(int64)": "int64", "tensor(int32)": "int32",
     "tensor(int8)": "int8", "tensor(uint8)": "uint8", "tensor(bool)": "bool",
 }
-PROVIDER = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+PROVIDER = {Device.CPU: "CPUExecutionProvider", Device.CUDA: "CUDAExecutionProvider",
+            Device.TENSORRT: "TensorrtExecutionProvider"}
 GPU_FIX = ("check the driver (nvidia-smi) and that CUDA 12 / cuDNN 9 (and TensorRT for the TensorRT EP) are installed "
            "where onnxruntime-gpu finds them (pip install 'edgeseg[gpu]'; onnxruntime.preload_dlls() uses the nvidia-* "
            "pip packages); or choose device='cpu' explicitly")
@@ -90,6 +92,8 @@ class OrtBackend(Backend):
     less peak at feature_size 48), "cuda" (CUDA EP then CPU for unsupported nodes) or "tensorrt"
     (TensorRT EP, then CUDA EP, then CPU; engines and timing caches under `cache_dir`).
     precision: None accepts the graph's; "fp32"/"fp16" must match the graph (pass the matching export).
+    Device and precision are checked against the support table by `open_backend`; on the TensorRT EP the
+    batch range is part of the input's spec, so `predict`'s one input check covers it.
     """
 
     name = "ort"
@@ -101,19 +105,12 @@ class OrtBackend(Backend):
                  gpu_mem_limit: int | None = None, cudnn_conv_algo_search: str = "EXHAUSTIVE",
                  log_severity_level: int = 3) -> None:
         super().__init__()
-        if device not in PROVIDER:
-            raise InputError(f"ONNX Runtime device {device!r} is not one of {', '.join(PROVIDER)}",
-                             fix="pass device='cpu', 'cuda' or 'tensorrt'")
-        if precision not in (None, "fp32", "fp16"):
-            raise InputError(f"ONNX Runtime runs the graph's own precision (fp32 or mixed fp16), not {precision!r}",
-                             fix="use precision 'fp32' with the fp32 graph or 'fp16' with the fp16 graph "
-                                 "(bf16 on CPU: the 'openvino' backend)")
         if not 1 <= min_batch <= (opt_batch or max_batch) <= max_batch:
             raise InputError(f"batch range must satisfy 1 <= min <= opt <= max, got {min_batch}, {opt_batch}, {max_batch}",
                              fix="pass min_batch <= opt_batch <= max_batch")
         self.path = Path(onnx_path)
         self.precision = precision
-        self.device = device
+        self.device = Device(device)
         self.threads = threads
         self.arena = arena
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
@@ -151,9 +148,9 @@ class OrtBackend(Backend):
         return opts
 
     def providers(self, graph: dict) -> list:
-        if self.device == "cpu":
+        if self.device is Device.CPU:
             return ["CPUExecutionProvider"]
-        if self.device == "cuda":
+        if self.device is Device.CUDA:
             return [("CUDAExecutionProvider", self.cuda_options()), "CPUExecutionProvider"]
         if len(graph["inputs"]) != 1:
             raise InputError(f"has {len(graph['inputs'])} inputs; the backends take one (the image window)", path=self.path,
@@ -172,7 +169,7 @@ class OrtBackend(Backend):
             raise InputError(f"is {have} graph, but precision {self.precision!r} was asked for", path=self.path,
                              fix=f"pass the {self.precision} export (trunk.{self.precision}.onnx), or precision=None to "
                                  "run the graph as it is" + (" (TensorRT takes fp16 from the graph, not from a flag)"
-                                                             if self.device == "tensorrt" else ""))
+                                                             if self.device is Device.TENSORRT else ""))
         wanted = PROVIDER[self.device]
         available = ort.get_available_providers()
         if wanted not in available:
@@ -180,7 +177,7 @@ class OrtBackend(Backend):
                                      f"{', '.join(available)})",
                                      fix="pip uninstall onnxruntime && pip install 'edgeseg[gpu]' (onnxruntime-gpu) on a "
                                          "machine with an NVIDIA GPU; or choose device='cpu' explicitly")
-        if self.device != "cpu" and hasattr(ort, "preload_dlls"):
+        if self.device.is_gpu and hasattr(ort, "preload_dlls"):
             try:
                 ort.preload_dlls()
             except Exception:  # it only helps find CUDA/cuDNN; the provider check below is what decides
@@ -197,7 +194,7 @@ class OrtBackend(Backend):
         try:
             session = ort.InferenceSession(str(self.path), sess_options=so, providers=providers)
         except Exception as e:
-            if self.device == "cpu":
+            if self.device is Device.CPU:
                 raise InputError(f"ONNX Runtime cannot load this graph: {type(e).__name__}: {e}", path=self.path,
                                  fix="re-export it with `edgeseg export`") from None
             raise BackendUnavailable(f"ONNX Runtime could not start {wanted}: {type(e).__name__}: {e}", fix=GPU_FIX) from None
@@ -210,7 +207,8 @@ class OrtBackend(Backend):
         if len(ins) != 1:
             raise InputError(f"has {len(ins)} inputs; the backends take one (the image window)", path=self.path,
                              fix="export the trunk with a single input 'image'")
-        self.inputs = tuple(_spec(a) for a in ins)
+        batch = (self.batch_range[0], self.batch_range[2]) if self.device is Device.TENSORRT else None
+        self.inputs = tuple(_spec(a, batch) for a in ins)
         self.outputs = tuple(_spec(a) for a in outs)
         self._session = session
         self._out_names = [o.name for o in outs]
@@ -220,7 +218,7 @@ class OrtBackend(Backend):
             "onnxruntime": ort.__version__, "providers": loaded, "provider_options": _jsonable(session.get_provider_options()),
             "graph": str(self.path), "graph_precision": graph["precision"], "opset": graph["opset"],
         }
-        if self.device == "cpu":
+        if self.device is Device.CPU:
             detail.update(threads=self.threads or os.cpu_count(), cpu_mem_arena=self.arena)
             device = cpu_device(self.threads)
             if graph["precision"] == "fp16":
@@ -229,7 +227,7 @@ class OrtBackend(Backend):
             from edgeseg.runtime.backends._cuda import gpu_name
 
             device = f"{gpu_name(self.device_id)} ({wanted})"
-            if self.device == "tensorrt":
+            if self.device is Device.TENSORRT:
                 detail["batch_range"] = list(self.batch_range)
                 detail["note"] = ("nodes TensorRT cannot take run on the CUDA EP; engines and timing caches are cached "
                                   + (f"under {self.cache_dir}" if self.cache_dir else "nowhere (pass cache_dir)"))
@@ -240,12 +238,8 @@ class OrtBackend(Backend):
         self._session = None
 
     def _predict(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
-        if self.device == "cpu":
+        if self.device is Device.CPU:
             return tuple(self._session.run(self._out_names, {self.inputs[0].name: batch}))
-        if self.device == "tensorrt" and not self.batch_range[0] <= batch.shape[0] <= self.batch_range[2]:
-            lo, _, hi = self.batch_range
-            raise InputError(f"batch of {batch.shape[0]} is outside the TensorRT profile {lo}..{hi}",
-                             fix="split the batch, or open the backend with a larger max_batch")
         # IOBinding: input copied to the GPU once, outputs allocated there by ONNX Runtime, copied back once.
         value = self._ort.OrtValue.ortvalue_from_numpy(batch, "cuda", self.device_id)
         binding = self._session.io_binding()
@@ -256,9 +250,9 @@ class OrtBackend(Backend):
         return tuple(binding.copy_outputs_to_cpu())
 
 
-def _spec(arg: Any) -> TensorSpec:
+def _spec(arg: Any, batch_range: tuple[int, int] | None = None) -> TensorSpec:
     shape = tuple(d if isinstance(d, int) else None for d in arg.shape)
-    return TensorSpec(arg.name, ORT_TYPES.get(arg.type, arg.type), shape)
+    return TensorSpec(arg.name, ORT_TYPES.get(arg.type, arg.type), shape, batch_range)
 
 
 def _jsonable(value: Any) -> Any:

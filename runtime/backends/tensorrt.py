@@ -25,6 +25,7 @@ import numpy as np
 
 from edgeseg.runtime.backends.base import Backend, BackendInfo, TensorSpec
 from edgeseg.runtime.errors import BackendUnavailable, InputError
+from edgeseg.runtime.support import Device
 
 REBUILD = "rebuild the engine on this machine: edgeseg export CHECKPOINT --out DIR --tensorrt"
 TRT_HINT = "pip install 'edgeseg[trt]' on a machine with an NVIDIA GPU (the wheels fetch NVIDIA's libraries at install time)"
@@ -159,13 +160,11 @@ class TensorRTBackend(Backend):
     """A TensorRT `.plan` on one GPU. `manifest_key` (from the engine's manifest) is checked first."""
 
     name = "tensorrt"
+    device = Device.CUDA
 
     def __init__(self, plan_path: str | Path, manifest_key: dict | None = None, *, precision: str | None = None,
                  device_id: int = 0) -> None:
         super().__init__()
-        if precision not in (None, "fp32", "fp16"):
-            raise InputError(f"a TensorRT engine runs the precision it was built with (fp16 or fp32), not {precision!r}",
-                             fix="build the engine from the graph of the precision you want")
         self.path = Path(plan_path)
         self.manifest_key = manifest_key
         self.precision = precision
@@ -215,7 +214,8 @@ class TensorRTBackend(Backend):
         self._stream = _cuda.call(cudart, cudart.cudaStreamCreate())
         self._in, self._outs, self._dtypes = inputs[0], outputs, dtypes
         self._batch_range = (lo[0], opt[0], hi[0])
-        self.inputs = (TensorSpec(inputs[0], dtypes[inputs[0]].name, tuple(None if d < 0 else d for d in shapes[inputs[0]])),)
+        self.inputs = (TensorSpec(inputs[0], dtypes[inputs[0]].name, tuple(None if d < 0 else d for d in shapes[inputs[0]]),
+                                  (lo[0], hi[0])),)  # the profile's batch range: checked with the rest of the input
         self.outputs = tuple(TensorSpec(n, dtypes[n].name, tuple(None if d < 0 else d for d in shapes[n])) for n in outputs)
         self.info = BackendInfo(
             backend="tensorrt",
@@ -238,10 +238,6 @@ class TensorRTBackend(Backend):
 
     def _predict(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         cudart, call, ctx = self._cudart, self._cuda.call, self._context
-        lo, _, hi = self._batch_range
-        if not lo <= batch.shape[0] <= hi:
-            raise InputError(f"batch of {batch.shape[0]} is outside the engine's profile {lo}..{hi}",
-                             fix="split the batch, or rebuild the engine with a larger --max-batch")
         h2d, d2h = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         if not ctx.set_input_shape(self._in, tuple(batch.shape)):
             raise InputError(f"TensorRT refused input shape {batch.shape}", path=self.path, fix=REBUILD)

@@ -15,15 +15,15 @@ import numpy as np
 
 from edgeseg.runtime.backends.base import Backend, BackendInfo, TensorSpec
 from edgeseg.runtime.errors import BackendUnavailable, InputError
-
-TORCH_DTYPES = ("fp16", "bf16")
+from edgeseg.runtime.support import Device
 
 
 class TorchBackend(Backend):
     """`module` (e.g. the trunk) run by PyTorch under `torch.inference_mode()`; outputs as float32 numpy.
 
     input_shape: per-sample (C, D, H, W) the input must have; None checks only the channel count (taken
-    from the module's first Conv3d) and the number of dimensions.
+    from the module's first Conv3d) and the number of dimensions. Device ("cpu", "cuda" or "cuda:N") and
+    precision are checked against the support table by `open_backend`.
     """
 
     name = "torch"
@@ -32,19 +32,13 @@ class TorchBackend(Backend):
                  cuda_graphs: bool = False, *, threads: int | None = None,
                  input_shape: tuple[int, ...] | None = None, input_name: str = "image") -> None:
         super().__init__()
-        if precision not in ("fp32", *TORCH_DTYPES):
-            raise InputError(f"torch precision must be fp32, fp16 or bf16, not {precision!r}", fix="use fp32, fp16 or bf16")
-        kind = device.split(":")[0]
-        if kind not in ("cpu", "cuda"):
-            raise InputError(f"torch device must be 'cpu' or 'cuda', not {device!r}", fix="use device='cpu' or 'cuda'")
-        if precision == "fp16" and kind == "cpu":
-            raise InputError("fp16 autocast runs on CUDA only",
-                             fix="use precision='bf16' (or 'fp32') on the CPU, or device='cuda'")
-        if cuda_graphs and kind != "cuda":
+        kind, _, index = str(device).partition(":")
+        self.device = Device(kind)
+        if cuda_graphs and self.device is not Device.CUDA:
             raise InputError("CUDA graphs need device='cuda'", fix="drop cuda_graphs, or run on a GPU")
         self.module = module
         self.precision = precision
-        self.device = device
+        self.torch_device = f"{kind}:{index}" if index else kind  # what torch.device() takes
         self.compile = compile
         self.cuda_graphs = cuda_graphs
         self.threads = threads
@@ -58,14 +52,14 @@ class TorchBackend(Backend):
         except ImportError:
             raise BackendUnavailable("torch is not installed", fix="pip install 'edgeseg[train]' (with a CPU or CUDA build of "
                                                                    "torch)") from None
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
+        if self.device is Device.CUDA and not torch.cuda.is_available():
             raise BackendUnavailable(f"torch {torch.__version__} sees no CUDA device "
                                      f"({'CPU build' if torch.version.cuda is None else 'CUDA ' + torch.version.cuda})",
                                      fix="install a CUDA build of torch on a machine with an NVIDIA GPU, or use device='cpu'")
         if self.threads:
             torch.set_num_threads(int(self.threads))  # process-wide: torch has one intra-op pool
         self._torch = torch
-        self._device = torch.device(self.device)
+        self._device = torch.device(self.torch_device)
         self.module.eval().to(self._device)
         self._fn = torch.compile(self.module) if self.compile else self.module
         self._dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision)

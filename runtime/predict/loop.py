@@ -121,6 +121,4 @@ def _summary(r: dict) -> str:
 def _use_prefetch(engine, opts: PredictOptions) -> bool:
     if opts.prefetch != "auto":
         return opts.prefetch == "on"
-    ran = getattr(engine, "ran", None) or {}
-    where = f"{ran.get('backend', '')} {ran.get('device', '')}".lower()  # ort-cuda, ort-tensorrt, tensorrt, CUDA ...
-    return "cuda" in where or "tensorrt" in where
+    return bool(getattr(engine, "on_gpu", False))  # OpenedArtifact.on_gpu: the backend's typed device

@@ -103,6 +103,21 @@ def test_open_engine_gives_probabilities_per_organ(engine):
     assert float(probs.min()) >= 0.0 and float(probs.max()) <= 1.0 and stats["run"] >= 2
     with open_engine(out) as eng:  # auto: picks what can run here and says why
         assert eng.reason and eng.graph_precision == "fp32"
+    assert eng.on_gpu is not eng.ran["device"].startswith("CPU (")  # the typed device agrees with the report
+
+
+def test_open_engine_refuses_torch_and_unknown_backends_by_name(engine):
+    from edgeseg.runtime.engine import open_engine
+    from edgeseg.runtime.errors import InputError
+
+    out, _ = engine
+    with pytest.raises(InputError, match="a fused engine has no torch form") as e:
+        open_engine(out, backend="torch")
+    assert "--backend auto, ort, openvino or tensorrt" in e.value.fix
+    with pytest.raises(InputError, match="unknown backend 'onnx'; choices: auto, ort, openvino, tensorrt, torch"):
+        open_engine(out, backend="onnx")
+    with pytest.raises(InputError, match="the TensorRT engines edgeseg builds run the mixed fp16 graph"):
+        open_engine(out, backend="tensorrt", precision="fp32")
 
 
 def test_pure_air_windows_run_once_and_change_no_probability(engine):

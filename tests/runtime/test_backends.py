@@ -227,6 +227,28 @@ def test_every_backend_checks_its_input_once(kind, toy):
             backend.predict(toy_input().tolist())
 
 
+def test_a_backend_runs_only_when_activated(toy):
+    backend = open_backend("ort", toy)
+    with pytest.raises(RuntimeError, match="not active: activate"):
+        backend.predict(toy_input(1))  # loading is the caller's decision, not a side effect of predict
+    with backend:
+        assert backend.is_active and backend.predict(toy_input(1))[0].shape == (1, 4, 8, 8, 8)
+    assert not backend.is_active
+    with pytest.raises(RuntimeError, match="not active"):
+        backend.predict(toy_input(1))
+
+
+def test_the_batch_range_is_checked_with_the_input():
+    from edgeseg.runtime.backends import check_batch
+
+    spec = TensorSpec("image", "float32", (None, 1, 8, 8, 8), batch_range=(1, 2))
+    check_batch(toy_input(2), spec)
+    with pytest.raises(InputError, match=r"batch of 3 is outside 1\.\.2") as e:
+        check_batch(toy_input(3), spec)
+    assert "split the batch" in e.value.fix
+    assert spec.to_dict()["batch_range"] == [1, 2] and "batch_range" not in TensorSpec("x", "float32", (1,)).to_dict()
+
+
 def test_torch_backend_precisions_and_devices():
     with pytest.raises(InputError, match="fp16 autocast runs on CUDA only"):
         open_backend("torch", _conv_module(), precision="fp16")

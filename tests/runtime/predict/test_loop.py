@@ -59,14 +59,17 @@ def test_each_case_is_planned_once_even_when_read_ahead(scans, tmp_path, monkeyp
 
 
 def test_prefetch_auto_follows_the_device():
-    class E:
-        ran = {"backend": "openvino", "device": "CPU (AMD EPYC, 2 threads)"}
+    from edgeseg.runtime.artifact import OpenedArtifact
+    from edgeseg.runtime.support import Device
 
-    assert not _use_prefetch(E(), PredictOptions())  # inference already uses every core
-    assert _use_prefetch(E(), PredictOptions(prefetch="on"))
-    for backend, device in (("tensorrt", "NVIDIA H100 80GB HBM3 (compute capability 9.0)"), ("ort-cuda", "x")):
-        E.ran = {"backend": backend, "device": device}
-        assert _use_prefetch(E(), PredictOptions()) and not _use_prefetch(E(), PredictOptions(prefetch="off"))
+    class E(OpenedArtifact):
+        def __init__(self, device):
+            self.backend = type("B", (), {"device": device})()
+
+    assert not _use_prefetch(E(Device.CPU), PredictOptions())  # inference already uses every core
+    assert _use_prefetch(E(Device.CPU), PredictOptions(prefetch="on"))
+    for device in (Device.CUDA, Device.TENSORRT):  # CUDA, and ONNX Runtime's TensorRT execution provider
+        assert _use_prefetch(E(device), PredictOptions()) and not _use_prefetch(E(device), PredictOptions(prefetch="off"))
     with pytest.raises(InputError, match="--prefetch"):
         PredictOptions(prefetch="sometimes")
 

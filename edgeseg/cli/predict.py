@@ -1,0 +1,72 @@
+"""`edgeseg predict`: segment new scans with an engine folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from edgeseg.cli.output import JSON_OPT, console, printer, show, user_errors
+from edgeseg.runtime.support import BackendChoice, Precision
+
+
+def predict(
+    inputs: list[Path] = typer.Argument(..., help="NIfTI scans, folders of them, or text files listing them."),
+    engine: Path = typer.Option(..., "--engine", help="An engine folder (edgeseg fuse); it holds one head per organ."),
+    out: Path = typer.Option(..., "--out", help="Output folder: <case>_<organ>.nii.gz, <case>.json, ..."),
+    backend: BackendChoice = typer.Option(BackendChoice.AUTO, "--backend", case_sensitive=False,
+                                          help="auto (prints which ran), or ort, openvino or tensorrt (a fused engine "
+                                               "has no torch form)."),
+    precision: Optional[Precision] = typer.Option(None, "--precision", case_sensitive=False,
+                                                  help="Graph to run: fp32 (default) or fp16; bf16: OpenVINO on the fp32 graph."),
+    overlap: float = typer.Option(0.25, "--overlap", min=0.0, max=0.95, help="Sliding-window overlap."),
+    sw_batch: int = typer.Option(1, "--sw-batch", min=1, help="Windows per inference batch."),
+    reuse_blank: bool = typer.Option(
+        True, "--reuse-blank/--run-every-window",
+        help="Run the graph once for all windows of pure air (exact: they all get the same input)."),
+    prefetch: str = typer.Option(
+        "auto", "--prefetch", help="Read and preprocess the next scan during this one's inference: auto (on when the "
+                                   "engine runs on a GPU; a CPU backend already uses every core), on, off."),
+    threshold: float = typer.Option(0.5, "--threshold", min=0.0, max=1.0),
+    lcc: bool = typer.Option(False, "--lcc", help="Keep each organ's largest connected component."),
+    save_prob: bool = typer.Option(False, "--save-prob", help="Also write <case>_<organ>_prob.nii.gz."),
+    preview: bool = typer.Option(False, "--preview", help="Also write <case>_preview.png (three slices, contours)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    volume: Optional[int] = typer.Option(None, "--volume", min=0, help="For 4D series: which volume to segment (0-based)."),
+    max_memory: Optional[float] = typer.Option(
+        None, "--max-memory", help="Memory budget in GiB for the whole run (default: what is available now); "
+                                   "a scan that needs more is refused with the number needed, before it is read."),
+    hu_check: bool = typer.Option(True, "--hu-check/--no-hu-check",
+                                  help="Refuse scans whose intensities cannot be Hounsfield units (no air, 0..255, a mask); "
+                                       "--no-hu-check for a scan you know is HU (a tight crop without air)."),
+    force: bool = typer.Option(False, "--force", help="Redo cases that have a report and overwrite existing outputs."),
+    as_json: bool = JSON_OPT,
+) -> None:
+    """Segment new scans: NIfTI in, mask NIfTI out in each scan's own space, one report per scan."""
+    from rich.markup import escape
+    from rich.progress import Progress
+
+    with user_errors(as_json):
+        from edgeseg.runtime.engine import open_engine
+        from edgeseg.runtime.predict import PredictOptions, predict_many
+
+        opts = PredictOptions(overlap=overlap, sw_batch=sw_batch, threshold=threshold, lcc=lcc, save_prob=save_prob,
+                              preview=preview, force=force, volume=volume, max_memory_gib=max_memory,
+                              reuse_blank=reuse_blank, prefetch=prefetch, hu_check=hu_check)
+        from edgeseg.runtime.lock import output_lock
+        from edgeseg.runtime.predict import check_out_folder, collect_inputs
+
+        con = console(stderr=as_json)
+        scans = collect_inputs(inputs)  # the inputs, the output folder and its lock before the engine loads (seconds)
+        check_out_folder(out, inputs, scans)
+        with output_lock(out, "edgeseg predict"), \
+                open_engine(engine, backend=backend, precision=precision, threads=threads) as eng:
+            con.print(escape(f"engine {engine}: {', '.join(eng.organs)} on {eng.ran['backend']} {eng.ran['precision']} "
+                             f"({eng.ran['device']})"), highlight=False)
+            with Progress(console=con, transient=True) as bar:
+                task = bar.add_task("segmenting", total=None)
+                reports = predict_many(eng, scans, out, opts, locked=True,
+                                       progress=lambda done, total: bar.update(task, completed=done, total=total),
+                                       log=printer(con))
+        show(reports, as_json)  # the text is the log above
