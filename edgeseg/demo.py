@@ -47,6 +47,9 @@ def run_demo(out: str | Path, *, checkpoint: str | Path | None = None, organs: S
     from edgeseg.train.adapt import AdaptConfig, adapt
     from edgeseg.train.losses import dice_score
 
+    if str(backend).lower() == "torch":  # the predict stage runs the fused engine, which has no torch form
+        raise InputError("--backend torch cannot run the demo's last stage: a fused engine has no torch form",
+                         fix="use --backend auto, ort or openvino")
     organs = tuple(organs)
     unknown = [o for o in organs if o not in ORGANS]
     if unknown or not organs or len(set(organs)) != len(organs):
