@@ -282,13 +282,13 @@ def cache(
     from rich.progress import Progress
 
     with _user_errors(as_json):
-        from edgeseg.cache import build_cache
+        from edgeseg.features import CacheConfig, build_cache
 
         con = _console(stderr=as_json)
         with Progress(console=con, transient=True) as bar:
             task = bar.add_task("caching features", total=None)
-            manifest = build_cache(trunk, data, organ, out, k=k, seed=seed, query=tuple(query), backend=backend,
-                                   threads=threads, force=force,
+            config = CacheConfig(k=k, seed=seed, query=tuple(query), backend=backend, threads=threads, force=force)
+            manifest = build_cache(trunk, data, organ, out, config,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total),
                                    log=lambda msg: con.print(escape(msg), highlight=False))
         if as_json:
