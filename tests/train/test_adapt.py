@@ -225,7 +225,7 @@ def _features_file(cache_dir):
     from edgeseg.features import open_cache
 
     e = open_cache(cache_dir).supports[0]
-    return e.folder / e._files[0]
+    return e.files[0]
 
 
 def test_a_cache_with_changed_or_non_finite_features_is_refused_and_nothing_is_written(liver_cache, tmp_path):
