@@ -90,7 +90,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from edgeseg.adapters import CUT_OF
-    from edgeseg.cache import build_cache
+    from edgeseg.features import CacheConfig, build_cache
     from edgeseg.data.phantom import TARGET, write_dataset
     from edgeseg.demo import DEMO_DATA_SEED
     from edgeseg.export.trunk import export_trunk
@@ -118,8 +118,9 @@ def main() -> int:
         for organ in organs:
             cache = work / f"cache-{cut}-{organ}"
             if not (cache / "manifest.json").exists():
-                build_cache(trunk, support, organ, cache, k=args.k, seed=0, backend="ort", threads=args.threads,
-                            force=True, log=lambda m: None)
+                build_cache(trunk, support, organ, cache,
+                            CacheConfig(k=args.k, seed=0, backend="ort", threads=args.threads, force=True),
+                            log=lambda m: None)
             runs = [(k, None) for k in adapters if CUT_OF[k] == cut]
             runs += [("decoder-block", int(c)) for c in args.decoder_crops.split(",") if c and cut == "pre-decoder1"]
             for kind, crop in runs:

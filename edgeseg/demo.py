@@ -33,7 +33,7 @@ def run_demo(out: str | Path, *, checkpoint: str | Path | None = None, organs: S
              log: Callable[[str], None] = print, stage: Callable[[str], None] = lambda name: None) -> dict:
     """Run every stage into `out` (refused if it holds a finished demo, unless `force`); returns the summary."""
     from edgeseg.assets import DEFAULT_MODEL, EXAMPLE_CT
-    from edgeseg.cache import build_cache
+    from edgeseg.features import CacheConfig, build_cache
     from edgeseg.data.phantom import ORGANS, TARGET, write_dataset
     from edgeseg.export.fuse import fuse
     from edgeseg.export.trunk import export_trunk
@@ -92,8 +92,8 @@ def run_demo(out: str | Path, *, checkpoint: str | Path | None = None, organs: S
                      threads=threads, force=True, log=log)
     with timed("cache"):
         for organ in organs:
-            build_cache(out / "trunk", support_dir, organ, out / "cache" / organ, k=k, seed=seed, backend=backend,
-                        threads=threads, force=True, log=log)
+            build_cache(out / "trunk", support_dir, organ, out / "cache" / organ,
+                        CacheConfig(k=k, seed=seed, backend=backend, threads=threads, force=True), log=log)
     adapted = {}
     with timed("adapt"):
         for organ in organs:

@@ -9,8 +9,9 @@ Protocol (the paper's, scaled to 2 CPU cores; every scaling is a field of `Fewsh
 - Draw: for seed s and K, `K` supports drawn from the pool without replacement by
   ``default_rng([s, K, organ index])``: the same seed gives the same draw, another seed another one.
 - Features: the frozen model runs once per case (sliding window, Gaussian blending) and its features at
-  both cuts and its head's probabilities are stored (fp16, memory-mapped), so the adapters never re-run
-  the trunk, as `edgeseg cache` does for one organ.
+  both cuts and its head's probabilities are stored (fp16, memory-mapped; each case written whole or not
+  at all by `edgeseg.features.cases`), so the adapters never re-run the trunk, as `edgeseg cache` does for
+  one organ; a run's supports become the `CacheEntry` regions that cache would store.
 - Settings (the paper's two): (A) organs the foundation model was pretrained on (its head knows them),
   adapted on the other scanner, against the pretrained head's own target Dice (``generalization``);
   (B) truly novel structures, never labelled in pretraining. `results.json` lists them as
@@ -43,6 +44,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from edgeseg.features.cases import remove_leftovers, save_npy, write_durable, writing_case
+from edgeseg.features.reader import CacheEntry, map_array
+from edgeseg.features.regions import organ_bbox, region_slices
+from edgeseg.features.regions import support_regions
+from edgeseg.features.writer import CacheConfig
 from edgeseg.runtime.atomic import atomic_path, refuse_link, write_small_text, write_text_atomic
 from edgeseg.runtime.errors import InputError
 
@@ -61,8 +67,10 @@ MODEL_LR: dict[str, float] = {"scratch": 1e-3, "ft": 3e-4}
 RUNS_NAME = "runs.jsonl"
 FEATURES_DIR = "features"
 _TAPS = ("enc0", "dec0", "feat", "probs")
-REGION_MARGIN_MM = 20.0  # `edgeseg cache`'s default margin around the organ box
-NEGATIVES_PER_CASE = 2  # `edgeseg cache`'s default
+# the regions `edgeseg cache` stores by default: its margin around the organ box, its negative windows
+REGION_MARGIN_MM = CacheConfig.margin_mm
+NEGATIVES_PER_CASE = CacheConfig.negatives_per_case
+MIN_BODY_FRACTION = CacheConfig.min_body_fraction
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ class CaseFeatures:
     voxel_ml: float
 
     def _load(self, name: str) -> np.ndarray:
-        return np.load(self.folder / f"{name}.npy", mmap_mode="r")
+        return map_array(self.folder / f"{name}.npy")
 
     @property
     def image(self) -> np.ndarray:
@@ -195,7 +203,8 @@ def _pad_to(array: np.ndarray, shape: Sequence[int], value=0) -> np.ndarray:
 
 
 def prepare_cases(out: Path, config: FewshotConfig, model, spec, *, progress=None, log=lambda m: None) -> dict:
-    """Generate, preprocess and run the frozen model over every case once (resumable); returns the case index."""
+    """Generate, preprocess and run the frozen model over every case once (resumable: each case is written
+    whole or not at all, as `edgeseg cache` writes its cases); returns the case index."""
     from edgeseg.data.phantom import DOMAINS, ORGANS, case_seed, generate_case, label_map
     from edgeseg.runtime.nifti import Scan
     from edgeseg.runtime.preprocess import preprocess_scan, to_model_grid
@@ -206,6 +215,7 @@ def prepare_cases(out: Path, config: FewshotConfig, model, spec, *, progress=Non
     root = out / FEATURES_DIR
     refuse_link(root)
     root.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(root, log)
     taps = _Taps(model)
     window = tuple(spec.preprocess.window)
     voxel_ml = float(np.prod(spec.preprocess.spacing)) / 1000.0
@@ -225,24 +235,18 @@ def prepare_cases(out: Path, config: FewshotConfig, model, spec, *, progress=Non
             image = _pad_to(prepared.image, shape, 0.0).astype(np.float32)
             labels = _pad_to(labels, shape, 0)
             outs = sliding_window(image[None], window, taps, overlap=config.overlap, align=2, out_dtype=np.float16)
-            partial = folder.with_name(cid + ".partial")
-            refuse_link(partial)
             refuse_link(folder, doing="replaces a folder")
-            if partial.exists():
-                shutil.rmtree(partial)  # left by a killed run: written again from the start
-            partial.mkdir(parents=True)
-            np.save(partial / "image.npy", image.astype(np.float16))
-            np.save(partial / "labels.npy", labels)
-            for name, arr in zip(_TAPS, outs):
-                np.save(partial / f"{name}.npy", arr)
-            vols = {o: float((labels == j + 1).sum() * voxel_ml) for j, o in enumerate(ORGANS)}
-            (partial / "case.json").write_text(json.dumps({"case_id": cid, "seed": case.meta["seed"], "shape": shape,
-                                                          "phase": case.meta.get("phase"),
-                                                          "spacing_native": case.meta.get("spacing"),
-                                                          "volumes_ml": vols}))
             if folder.exists():
-                shutil.rmtree(folder)
-            partial.rename(folder)  # a case is complete only once renamed
+                shutil.rmtree(folder)  # never completed (no case.json): written again from the start
+            with writing_case(folder) as partial:  # a case is complete only once renamed
+                save_npy(partial / "image.npy", image.astype(np.float16))
+                save_npy(partial / "labels.npy", labels)
+                for name, arr in zip(_TAPS, outs):
+                    save_npy(partial / f"{name}.npy", arr)
+                vols = {o: float((labels == j + 1).sum() * voxel_ml) for j, o in enumerate(ORGANS)}
+                write_durable(partial / "case.json", json.dumps({
+                    "case_id": cid, "seed": case.meta["seed"], "shape": shape, "phase": case.meta.get("phase"),
+                    "spacing_native": case.meta.get("spacing"), "volumes_ml": vols}))
         index[cid] = json.loads(info_path.read_text())
         if progress:
             progress(i + 1, config.n_cases)
@@ -251,43 +255,29 @@ def prepare_cases(out: Path, config: FewshotConfig, model, spec, *, progress=Non
 
 
 # --- one run ------------------------------------------------------------------------------------------
-@dataclass
-class _Entry:
-    """One region of a support case, as `edgeseg cache` stores it (duck-types a cache entry)."""
-
-    case_id: str
-    features: tuple
-    label: np.ndarray
-    voxel_ml: float
-    role: str = "positive"
-
-
-def support_regions(case: "CaseFeatures", organ: str, names: Sequence[str], window: Sequence[int],
-                    spacing: Sequence[float], seed: int) -> list[_Entry]:
-    """The regions `edgeseg cache` would store for this support: the organ box plus its margin (grown to
-    the window) and `NEGATIVES_PER_CASE` negative windows inside the body, as views of the case's arrays.
+def support_entries(case: "CaseFeatures", organ: str, names: Sequence[str], window: Sequence[int],
+                    spacing: Sequence[float], seed: int) -> list[CacheEntry]:
+    """The `CacheEntry` regions `edgeseg cache` would store for this support, with its default margin and negative
+    windows (`edgeseg.features.regions.support_regions`), as views of the case's arrays.
 
     `names`: the arrays to slice ("image", or the trunk taps); half-resolution taps (dec0) are sliced at
     half the box, which is exact because the boxes start and end on even voxels.
     """
-    from edgeseg.cache import BODY_THRESHOLD, negative_boxes, organ_bbox, positive_box
-
     mask = case.mask(organ)
     bbox = organ_bbox(mask)
     if bbox is None:
         raise InputError(f"support {case.case_id} holds no {organ}", fix="choose supports that hold the organ")
     arrays = [np.asarray(case.image)[None] if n == "image" else case.taps(n) for n in names]
-    image = np.asarray(case.image)
-    pos = positive_box(bbox, mask.shape, spacing, REGION_MARGIN_MM, window)
-    negs = negative_boxes(image > BODY_THRESHOLD, mask, bbox, window, NEGATIVES_PER_CASE,
-                          np.random.default_rng([int(seed), int(case.case_id.lstrip("t") or 0)]))
+    regions = support_regions(np.asarray(case.image), mask, bbox, spacing, window, margin_mm=REGION_MARGIN_MM,
+                              negatives=NEGATIVES_PER_CASE, min_body_fraction=MIN_BODY_FRACTION,
+                              rng=np.random.default_rng([int(seed), int(case.case_id.lstrip("t") or 0)]))
+    organ_ml = float(mask.sum()) * case.voxel_ml
     out = []
-    for role, box in [("positive", pos)] + [("negative", b) for b, _ in negs]:
-        feats = []
-        for arr in arrays:
-            scale = max(1, mask.shape[0] // arr.shape[1])
-            feats.append(arr[(slice(None), *(slice(lo // scale, hi // scale) for lo, hi in box))])
-        out.append(_Entry(case.case_id, tuple(feats), mask[tuple(slice(lo, hi) for lo, hi in box)], case.voxel_ml, role))
+    for r in regions:
+        feats = tuple(arr[(slice(None), *region_slices(r.box, max(1, mask.shape[0] // arr.shape[1])))] for arr in arrays)
+        out.append(CacheEntry(case_id=case.case_id, name=r.name, role=r.role, box=r.box, voxel_ml=case.voxel_ml,
+                              organ_ml=organ_ml, spacing_mm=tuple(spacing), features=feats,
+                              label=mask[region_slices(r.box)], info=r.info))
     return out
 
 
@@ -349,7 +339,7 @@ def run_method(method: str, organ: str, supports: list[CaseFeatures], queries: l
         adapt_config = AdaptConfig(adapter=kind, ti=ti, ti_gamma=config.ti_gamma, ti_lambda=config.ti_lambda,
                                    seed=seed).resolved()  # exactly `edgeseg adapt`'s defaults
         align = 2 if kind in ("decoder-block", "ft-last") else 1
-    entries = [e for s in supports for e in support_regions(s, organ, names, window, spacing, seed)]
+    entries = [e for s in supports for e in support_entries(s, organ, names, window, spacing, seed)]
     train_entries, heldout = split_holdout(entries, adapt_config)
     sampler = CropSampler(train_entries, int(adapt_config.crop), np.random.default_rng(seed), align=align)
     estimators, S = [], None

@@ -62,7 +62,7 @@ def run_writer_on_bogus_inputs(writer: str, tmp_path, out) -> None:
 
         export_trunk(tmp_path / "missing.safetensors", out)
     elif writer == "cache":
-        from edgeseg.cache import build_cache
+        from edgeseg.features import build_cache
 
         build_cache(tmp_path / "no-trunk", tmp_path / "no-data", "liver", out)
     else:

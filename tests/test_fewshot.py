@@ -8,7 +8,6 @@ import json
 import pytest
 
 from edgeseg.fewshot import (
-    METHODS,
     FewshotConfig,
     _WholeModel,
     draw_supports,
@@ -150,11 +149,12 @@ def test_defaults_are_the_papers_two_settings_with_the_adapt_defaults_and_no_who
     assert config.data_seed != 0  # never the pretraining's patients
 
 
-def test_support_regions_are_the_regions_edgeseg_cache_stores(tmp_path):
+def test_support_entries_are_the_regions_edgeseg_cache_stores(tmp_path):
     import numpy as np
 
     from edgeseg.data.phantom import ORGANS
-    from edgeseg.fewshot import NEGATIVES_PER_CASE, CaseFeatures, support_regions
+    from edgeseg.features import CacheConfig, CacheEntry
+    from edgeseg.fewshot import NEGATIVES_PER_CASE, CaseFeatures, support_entries
 
     folder = tmp_path / "t0003"
     folder.mkdir()
@@ -168,14 +168,61 @@ def test_support_regions_are_the_regions_edgeseg_cache_stores(tmp_path):
     np.save(folder / "enc0.npy", enc0)
     np.save(folder / "dec0.npy", enc0[:, ::2, ::2, ::2].copy())
     case = CaseFeatures("t0003", folder, 0.027)
-    regions = support_regions(case, "liver", ("enc0", "dec0"), (16, 16, 16), (3.0, 3.0, 3.0), seed=0)
+    regions = support_entries(case, "liver", ("enc0", "dec0"), (16, 16, 16), (3.0, 3.0, 3.0), seed=0)
     pos, negs = regions[0], regions[1:]
+    assert all(isinstance(r, CacheEntry) for r in regions) and NEGATIVES_PER_CASE == CacheConfig().negatives_per_case
+    assert pos.organ_ml == (labels > 0).sum() * 0.027 and [n.name for n in negs] == ["negative-0", "negative-1"]
     assert pos.role == "positive" and len(negs) == NEGATIVES_PER_CASE and all(n.role == "negative" for n in negs)
     assert pos.label.sum() == (labels > 0).sum()  # the whole organ, with its 20 mm margin (clipped)
     assert pos.features[0].shape[1:] == pos.label.shape
     assert tuple(2 * n for n in pos.features[1].shape[1:]) == pos.label.shape  # dec0 at half resolution
     for n in negs:
         assert n.label.sum() == 0 and n.label.shape == (16, 16, 16)
+
+
+def _tiny_model():
+    import torch
+
+    from edgeseg.model.spec import TINY_TEST_SPEC, ModelSpec
+    from edgeseg.model.swinunetr import build_swinunetr
+    from edgeseg.runtime.preprocess import PreprocessSpec
+
+    spec = ModelSpec(**TINY_TEST_SPEC, out_channels=1, class_names=("liver",),
+                     preprocess=PreprocessSpec(spacing=(8.0, 8.0, 8.0), window=(64, 64, 64)))
+    torch.manual_seed(0)
+    return build_swinunetr(spec), spec
+
+
+def test_a_killed_feature_store_leaves_only_whole_cases_and_resumes_to_the_same_files(tmp_path, monkeypatch):
+    import edgeseg.features.cases as cases_mod
+    from edgeseg.fewshot import prepare_cases
+
+    model, spec = _tiny_model()
+    config = FewshotConfig(n_cases=2, gen_max_voxels=300_000, threads=1)
+    clean = prepare_cases(tmp_path / "clean", config, model, spec)
+    commit, commits = cases_mod.commit_case, []
+
+    def killed_after_first(partial, final):
+        if commits:
+            raise KeyboardInterrupt("killed")
+        commits.append(final.name)
+        commit(partial, final)
+
+    monkeypatch.setattr(cases_mod, "commit_case", killed_after_first)
+    out = tmp_path / "killed"
+    with pytest.raises(KeyboardInterrupt):
+        prepare_cases(out, config, model, spec)
+    assert sorted(p.name for p in (out / "features").iterdir()) == ["t0000"]  # no partial case left behind
+    (out / "features" / ".t0001.partial").mkdir()  # what a SIGKILL would leave
+    monkeypatch.setattr(cases_mod, "commit_case", commit)
+    said: list[str] = []
+    assert prepare_cases(out, config, model, spec, log=said.append) == clean
+    assert any("removing the unfinished case .t0001.partial" in m for m in said)
+    for cid in clean:
+        names = sorted(p.name for p in (tmp_path / "clean" / "features" / cid).iterdir())
+        assert names == sorted(p.name for p in (out / "features" / cid).iterdir())
+        for name in names:
+            assert (out / "features" / cid / name).read_bytes() == (tmp_path / "clean" / "features" / cid / name).read_bytes()
 
 
 def test_one_small_protocol_end_to_end_writes_results_with_relative_paths(tmp_path, monkeypatch):

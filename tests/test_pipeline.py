@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgeseg.assets import EXAMPLE_CT
-from edgeseg.cache import build_cache
+from edgeseg.features import CacheConfig, build_cache
 from edgeseg.export.fuse import fuse
 from edgeseg.runtime.engine import open_engine
 from edgeseg.runtime.predict import PredictOptions, predict_many
@@ -24,8 +24,8 @@ from tests.skips import requires_openvino
 def engine_dir(trunk5, phantoms5, tmp_path_factory):
     support, query = phantoms5
     work = tmp_path_factory.mktemp("pipeline")
-    build_cache(trunk5, support, "liver", work / "cache", k=2, seed=0, query=[query], backend="ort", threads=2,
-                context=0, log=lambda m: None)
+    build_cache(trunk5, support, "liver", work / "cache",
+                CacheConfig(k=2, seed=0, query=(query,), backend="ort", threads=2, context=0), log=lambda m: None)
     adapt(work / "cache", work / "adapter", AdaptConfig(adapter="spatial", steps=360, crop=32, seed=0, threads=1,
                                                         lr=3e-3))
     fuse(trunk5, [work / "adapter"], work / "engine", precisions=("fp32",), log=lambda m: None)

@@ -18,7 +18,6 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import numpy as np
@@ -32,7 +31,11 @@ SCHEMA = "edgeseg.bench.adapt/1"
 
 
 def make_supports(folder: Path, k: int, channels: int, cut: str, region: int = REGION) -> list:
-    """K synthetic cached regions on disk (fp16 features, uint8 labels with a central organ), memory-mapped."""
+    """K synthetic cached regions on disk (fp16 features, uint8 labels with a central organ), memory-mapped
+    as `edgeseg.features.open_cache` maps a cache's regions."""
+    from edgeseg.features.reader import CacheEntry, map_array
+
+    voxel_ml = 1.5**3 / 1000.0
     rng = np.random.default_rng(0)
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
@@ -48,13 +51,15 @@ def make_supports(folder: Path, k: int, channels: int, cut: str, region: int = R
                     arr[c] = rng.standard_normal((side, side, side)).astype(np.float16)
                 arr.flush()
                 del arr
-            feats.append(np.load(path, mmap_mode="r"))
+            feats.append(map_array(path))
         label_path = folder / f"{i}.label.npy"
         if not label_path.exists():
             z = np.indices((region,) * 3) - region / 2
             np.save(label_path, ((z**2).sum(0) < (region / 4) ** 2).astype(np.uint8))
-        label = np.load(label_path, mmap_mode="r")
-        entries.append(SimpleNamespace(features=tuple(feats), label=label, role="positive", case_id=str(i), voxel_ml=0.003375))
+        label = map_array(label_path)
+        entries.append(CacheEntry(case_id=str(i), name="positive", role="positive", box=((0, region),) * 3,
+                                  voxel_ml=voxel_ml, organ_ml=int(np.count_nonzero(label)) * voxel_ml,
+                                  spacing_mm=(1.5,) * 3, features=tuple(feats), label=label))
     return entries
 
 

@@ -30,13 +30,13 @@ def cache(
     from rich.progress import Progress
 
     with user_errors(as_json):
-        from edgeseg.cache import build_cache
+        from edgeseg.features import CacheConfig, build_cache
 
         con = console(stderr=as_json)
         with Progress(console=con, transient=True) as bar:
             task = bar.add_task("caching features", total=None)
-            manifest = build_cache(trunk, data, organ, out, k=k, seed=seed, query=tuple(query), backend=backend.value,
-                                   threads=threads, force=force,
+            config = CacheConfig(k=k, seed=seed, query=tuple(query), backend=backend.value, threads=threads, force=force)
+            manifest = build_cache(trunk, data, organ, out, config,
                                    progress=lambda done, total: bar.update(task, completed=done, total=total),
                                    log=printer(con))
         show(manifest, as_json, lambda: con.print(f"[green]cached[/] {escape(str(out))}", highlight=False))

@@ -322,7 +322,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     import torch
 
     from edgeseg.adapters import CUT_OF, build_adapter, count_trainable
-    from edgeseg.cache import open_cache
+    from edgeseg.features import open_cache
     from edgeseg.runtime.host import idle_cores
     from edgeseg.runtime.manifest import content_hash, read_manifest
     from edgeseg.train.size_prior import QuerySizeEstimator, target_size_ml

@@ -13,7 +13,7 @@ from edgeseg.export.fuse import fuse
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import content_hash, read_manifest, write_manifest
 
-from edgeseg.cache import build_cache
+from edgeseg.features import CacheConfig, build_cache
 from edgeseg.train.adapt import AdaptConfig, adapt
 
 
@@ -29,8 +29,8 @@ def adapters(trunk5, phantoms5, tmp_path_factory):
     out = {}
     for organ, kind in (("liver", "spatial"), ("spleen", "lp")):
         cache = root / f"cache-{organ}"
-        build_cache(trunk5, support, organ, cache, k=1, seed=0, query=[query], backend="ort", threads=2, context=0,
-                    log=_quiet)
+        build_cache(trunk5, support, organ, cache,
+                    CacheConfig(k=1, seed=0, query=(query,), backend="ort", threads=2, context=0), log=_quiet)
         out[organ] = root / organ
         adapt(cache, out[organ], AdaptConfig(adapter=kind, steps=12, crop=32, seed=0, threads=1))
     return out

@@ -136,7 +136,7 @@ def test_adapt_command_refuses_a_locked_folder(tmp_path):
 
 
 def test_a_stale_lock_file_does_not_make_a_cache_folder_look_used(tmp_path):
-    from edgeseg.cache import _check_out
+    from edgeseg.features.writer import _check_out
 
     out = tmp_path / "cache"
     out.mkdir()

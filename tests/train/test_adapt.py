@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeseg.cache import build_cache
+from edgeseg.features import CacheConfig, build_cache
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.preprocess import preprocess
@@ -21,8 +21,8 @@ from tests.conftest import PRE5
 def liver_cache(trunk5, phantoms5, tmp_path_factory):
     support, query = phantoms5
     out = tmp_path_factory.mktemp("adapt-cache") / "liver"
-    build_cache(trunk5, support, "liver", out, k=2, seed=0, query=[query], backend="ort", threads=2, context=0,
-                log=lambda m: None)
+    build_cache(trunk5, support, "liver", out,
+                CacheConfig(k=2, seed=0, query=(query,), backend="ort", threads=2, context=0), log=lambda m: None)
     return out
 
 
@@ -99,8 +99,8 @@ def test_decoder_block_and_ft_last_train_on_the_pre_decoder1_cut(trunk5_pre, pha
 
     support, query = phantoms5
     cache = tmp_path / "cache"
-    build_cache(trunk5_pre, support, "liver", cache, k=2, seed=0, query=[query], backend="ort", threads=2, context=0,
-                log=lambda m: None)
+    build_cache(trunk5_pre, support, "liver", cache,
+                CacheConfig(k=2, seed=0, query=(query,), backend="ort", threads=2, context=0), log=lambda m: None)
     for kind in ("decoder-block", "ft-last"):
         m = adapt(cache, tmp_path / kind, AdaptConfig(adapter=kind, steps=12, crop=32, seed=0, threads=1, ti=True,
                                                       ti_warmup=0, ti_every=6))
@@ -222,10 +222,10 @@ def _copy_cache(src, dst):
 
 
 def _features_file(cache_dir):
-    from edgeseg.cache import open_cache
+    from edgeseg.features import open_cache
 
     e = open_cache(cache_dir).supports[0]
-    return e.folder / e._files[0]
+    return e.files[0]
 
 
 def test_a_cache_with_changed_or_non_finite_features_is_refused_and_nothing_is_written(liver_cache, tmp_path):

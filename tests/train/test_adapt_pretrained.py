@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgeseg.assets import DEFAULT_MODEL
-from edgeseg.cache import build_cache
+from edgeseg.features import CacheConfig, build_cache
 from edgeseg.runtime.manifest import read_manifest
 from edgeseg.runtime.preprocess import preprocess
 from edgeseg.runtime.trunk import open_trunk
@@ -36,7 +36,7 @@ def liver_setup(shipped_trunk, tmp_path_factory):
     support = root / "support"
     write_dataset(support, 3, seed=0, spacing=3.0, z_range=(-150.0, 150.0))
     cache = root / "cache"
-    manifest = build_cache(shipped_trunk, support, "liver", cache, k=2, seed=0, backend="ort", threads=2,
+    manifest = build_cache(shipped_trunk, support, "liver", cache, CacheConfig(k=2, seed=0, backend="ort", threads=2),
                            log=lambda m: None)
     assert sorted(manifest["supports"]) == ["s0001", "s0002"]
     trunk_spec = read_manifest(shipped_trunk, "trunk", verify_files=False)["model_spec"]

@@ -1,8 +1,6 @@
-"""`build_cache` / `open_cache` on phantoms with a tiny exported trunk: layout, equality, resume, refusals.
+"""`build_cache`: layout, manifest, resume after a kill, refusals, the pre-decoder1 cut, a full disk.
 
-Cheap on purpose (2 CPU cores): phantoms at 5 mm with a long z range (so windows clear of the liver
-exist below it), a trunk whose preprocessing spacing is 5 mm (no resampling), a 64^3 window and
-`context=0` (one trunk window per cached region). One export and one clean cache per module.
+The cache is read back with `open_cache` where that is the simplest proof of what was written.
 """
 
 from __future__ import annotations
@@ -17,46 +15,17 @@ from edgeseg.runtime.backends import Backend, BackendInfo, TensorSpec
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import read_manifest, write_manifest
 from edgeseg.runtime.preprocess import preprocess
-from edgeseg.runtime.trunk import Trunk, open_trunk
+from edgeseg.runtime.trunk import Trunk
 
-import edgeseg.cache as cache_mod
-from edgeseg.cache import (
-    build_cache,
-    negative_boxes,
-    open_cache,
-    organ_bbox,
-    positive_box,
-)
+import edgeseg.features.cases as cases_mod
+import edgeseg.features.writer as writer_mod
 from edgeseg.data.datasets import open_dataset
+from edgeseg.features import CacheConfig, build_cache, open_cache
+from edgeseg.features.regions import negative_boxes
 from tests.conftest import PRE5 as PRE
 from tests.conftest import SPEC5 as SPEC
-
-ARGS = {"k": 2, "seed": 0, "backend": "ort", "threads": 2, "context": 0}
-
-
-@pytest.fixture(scope="module")
-def data(phantoms5):
-    return phantoms5
-
-
-@pytest.fixture(scope="module")
-def trunk_dir(trunk5):
-    return trunk5
-
-
-@pytest.fixture(scope="module")
-def clean(trunk_dir, data, tmp_path_factory):
-    support, query = data
-    out = tmp_path_factory.mktemp("cache") / "liver"
-    messages: list[str] = []
-    progress: list[tuple[int, int]] = []
-    manifest = build_cache(trunk_dir, support, "liver", out, query=[query], log=messages.append,
-                           progress=lambda d, n: progress.append((d, n)), **ARGS)
-    return out, manifest, messages, progress
-
-
-def _arrays(folder):
-    return {str(p.relative_to(folder)): np.load(p) for p in sorted(folder.rglob("*.npy"))}
+from tests.features.conftest import arrays as _arrays
+from tests.features.conftest import config
 
 
 def test_cache_layout_dtypes_and_shapes(clean, data):
@@ -113,37 +82,10 @@ def test_manifest_counts_the_bytes_on_disk(clean):
     assert manifest["trunk"]["manifest_sha256"] == json.loads((out / "cache.json").read_text())["trunk"]["manifest_sha256"]
 
 
-def test_cached_features_are_the_trunks_features_over_the_same_box(clean, trunk_dir, data):
-    out, manifest, _, _ = clean
-    cache = open_cache(out)
-    cases = {c.case_id: c for c in open_dataset(data[0], "liver").cases()}
-    with open_trunk(trunk_dir, backend="ort", threads=2) as trunk:
-        cid = manifest["supports"][0]
-        prepared = preprocess(cases[cid].image, PRE, label=cases[cid].label)
-        assert prepared.transform.to_dict() == manifest["cases"][cid]["transform"]
-        for e in [e for e in cache.supports if e.case_id == cid][:2]:  # the positive and one negative
-            box = tuple(slice(a, b) for a, b in e.box)
-            (want,) = trunk.features(prepared.image[None], box, context=0)
-            np.testing.assert_array_equal(np.asarray(e.features[0]), want)
-            np.testing.assert_array_equal(np.asarray(e.label), prepared.label[box])
-
-        (q,) = cache.queries
-        assert q.pool == 2 and q.voxel_ml == pytest.approx(0.125) and q.case_id == "query-ct"
-        scan = preprocess(data[1], PRE)
-        assert q.transform == scan.transform
-        d, h, w = q.cropped_shape
-        assert all(n - 2 < c <= n and c % 2 == 0 for n, c in zip(scan.image.shape, q.cropped_shape))
-        (full,) = trunk.features(scan.image[None], (slice(0, d), slice(0, h), slice(0, w)), context=0, dtype=np.float32)
-    (pooled,) = q.features
-    assert pooled.dtype == np.float16 and pooled.shape == (SPEC.feature_size, d // 2, h // 2, w // 2)
-    ref = full.reshape(SPEC.feature_size, d // 2, 2, h // 2, 2, w // 2, 2).mean(axis=(2, 4, 6)).astype(np.float16)
-    np.testing.assert_array_equal(np.asarray(pooled), ref)
-
-
 def test_a_killed_run_resumes_without_recomputing_and_matches_a_clean_run(clean, trunk_dir, data, tmp_path, monkeypatch):
     support, query = data
     out = tmp_path / "cache"
-    commit = cache_mod._commit_case
+    commit = cases_mod.commit_case
     commits = []
 
     def killed_after_first(partial, final):
@@ -152,9 +94,9 @@ def test_a_killed_run_resumes_without_recomputing_and_matches_a_clean_run(clean,
         commits.append(final.name)
         commit(partial, final)
 
-    monkeypatch.setattr(cache_mod, "_commit_case", killed_after_first)
+    monkeypatch.setattr(cases_mod, "commit_case", killed_after_first)
     with pytest.raises(KeyboardInterrupt):
-        build_cache(trunk_dir, support, "liver", out, query=[query], log=lambda m: None, **ARGS)
+        build_cache(trunk_dir, support, "liver", out, config(query=(query,)), log=lambda m: None)
     first, second = clean[1]["supports"]
     assert commits == [first]
     # Ctrl-C removes the unfinished case; a SIGKILL cannot, and leaves it as planted here
@@ -165,18 +107,18 @@ def test_a_killed_run_resumes_without_recomputing_and_matches_a_clean_run(clean,
     with pytest.raises(InputError, match="has no manifest.json"):
         open_cache(out)  # an unfinished cache never looks complete
 
-    monkeypatch.setattr(cache_mod, "_commit_case", commit)
+    monkeypatch.setattr(cases_mod, "commit_case", commit)
     computed = []
     for name in ("_support_case", "_query_case"):
-        real = getattr(cache_mod, name)
+        real = getattr(writer_mod, name)
 
         def counting(trunk, item, *a, _real=real):
             computed.append(item.id)
             return _real(trunk, item, *a)
 
-        monkeypatch.setattr(cache_mod, name, counting)
+        monkeypatch.setattr(writer_mod, name, counting)
     messages: list[str] = []
-    manifest = build_cache(trunk_dir, support, "liver", out, query=[query], log=messages.append, **ARGS)
+    manifest = build_cache(trunk_dir, support, "liver", out, config(query=(query,)), log=messages.append)
     assert computed == [second, "query-ct"]
     assert manifest["timings_seconds"]["resumed"] == [first]
     assert any("removing the unfinished case" in m for m in messages)
@@ -208,7 +150,7 @@ def test_a_cache_begun_by_another_trunk_is_refused(clean, trunk_dir, data, tmp_p
     shutil.copy(clean[0] / "cache.json", out / "cache.json")  # unfinished: a plan, no case, no manifest
     _foreign(out)
     with pytest.raises(InputError) as e:
-        build_cache(trunk_dir, support, "liver", out, query=[query], **ARGS)
+        build_cache(trunk_dir, support, "liver", out, config(query=(query,)))
     assert "unfinished feature cache made by another trunk: /elsewhere/other-trunk" in e.value.problem
     assert "another --out" in e.value.fix and "--force" in e.value.fix
 
@@ -216,17 +158,7 @@ def test_a_cache_begun_by_another_trunk_is_refused(clean, trunk_dir, data, tmp_p
     shutil.copytree(clean[0], done)
     _foreign(done)
     with pytest.raises(InputError, match="holds a feature cache made by another trunk"):
-        build_cache(trunk_dir, support, "liver", done, query=[query], **ARGS)
-
-
-def test_open_cache_refuses_another_trunks_hash(clean, trunk_dir):
-    out = clean[0]
-    mine = read_manifest(trunk_dir, "trunk")["manifest_sha256"]
-    assert open_cache(out, trunk_manifest_hash=mine).trunk_manifest_hash == mine
-    with pytest.raises(InputError) as e:
-        open_cache(out, trunk_manifest_hash="f" * 64)
-    assert f"made by trunk {trunk_dir}" in e.value.problem and "ffffffffffff" in e.value.problem
-    assert "edgeseg cache" in e.value.fix
+        build_cache(trunk_dir, support, "liver", done, config(query=(query,)))
 
 
 def test_a_complete_cache_is_not_rebuilt_without_force_and_force_rebuilds(clean, trunk_dir, data, tmp_path):
@@ -234,14 +166,14 @@ def test_a_complete_cache_is_not_rebuilt_without_force_and_force_rebuilds(clean,
     out = tmp_path / "cache"
     shutil.copytree(clean[0], out)
     with pytest.raises(InputError, match="already holds a complete feature cache") as e:
-        build_cache(trunk_dir, support, "liver", out, query=[query], **ARGS)
+        build_cache(trunk_dir, support, "liver", out, config(query=(query,)))
     assert "--force" in e.value.fix
     (out / "stray.txt").write_text("the user's own file")
     with pytest.raises(InputError, match=r"holds files that no edgeseg manifest there lists \(stray.txt\)"):
-        build_cache(trunk_dir, support, "liver", out, force=True, log=lambda m: None, **ARGS)  # not even with force
+        build_cache(trunk_dir, support, "liver", out, config(force=True), log=lambda m: None)  # not even with force
     assert (out / "stray.txt").read_text() == "the user's own file" and (out / "manifest.json").exists()
     (out / "stray.txt").unlink()
-    manifest = build_cache(trunk_dir, support, "liver", out, force=True, log=lambda m: None, **ARGS)  # no query now
+    manifest = build_cache(trunk_dir, support, "liver", out, config(force=True), log=lambda m: None)  # no query now
     assert manifest["queries"] == [] and not (out / "cases" / "query-ct").exists()
     assert len(open_cache(out).supports) == 6
 
@@ -249,14 +181,14 @@ def test_a_complete_cache_is_not_rebuilt_without_force_and_force_rebuilds(clean,
 def test_force_never_turns_another_artifact_or_a_users_folder_into_a_cache(clean, trunk_dir, data, tmp_path):
     support, _ = data
     with pytest.raises(InputError, match=r"holds an exported trunk \(edgeseg trunk\), not a feature cache"):
-        build_cache(trunk_dir, support, "liver", trunk_dir, force=True, log=lambda m: None, **ARGS)
+        build_cache(trunk_dir, support, "liver", trunk_dir, config(force=True), log=lambda m: None)
     assert read_manifest(trunk_dir, "trunk")  # the trunk is whole
     users = tmp_path / "users"
     (users / "cases" / "mine").mkdir(parents=True)
     (users / "manifest.json").write_text('{"kind": "feature-cache", "note": "my own"}')
     (users / "cases" / "mine" / "notes.txt").write_text("precious")
     with pytest.raises(InputError, match="manifest.json that edgeseg did not write"):
-        build_cache(trunk_dir, support, "liver", users, force=True, log=lambda m: None, **ARGS)
+        build_cache(trunk_dir, support, "liver", users, config(force=True), log=lambda m: None)
     assert (users / "cases" / "mine" / "notes.txt").read_text() == "precious"
 
 
@@ -266,46 +198,15 @@ def test_unfinished_cache_with_other_settings_and_bad_arguments_are_refused(clea
     out.mkdir()
     shutil.copy(clean[0] / "cache.json", out / "cache.json")
     with pytest.raises(InputError, match=r"begun with other settings \(.*draw.*seed"):
-        build_cache(trunk_dir, support, "liver", out, query=[query], **{**ARGS, "seed": 1})
+        build_cache(trunk_dir, support, "liver", out, config(query=(query,), seed=1))
     with pytest.raises(InputError, match="--k 9 must be"):
-        build_cache(trunk_dir, support, "liver", tmp_path / "k", **{**ARGS, "k": 9})
+        build_cache(trunk_dir, support, "liver", tmp_path / "k", config(k=9))
     with pytest.raises(InputError, match="NIfTI"):
-        build_cache(trunk_dir, support, "liver", tmp_path / "q", query=[tmp_path / "scan.txt"], **ARGS)
+        build_cache(trunk_dir, support, "liver", tmp_path / "q", config(query=(tmp_path / "scan.txt",)))
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "other.txt").write_text("x")
     with pytest.raises(InputError, match=r"holds files that no edgeseg manifest there lists \(other.txt\)"):
-        build_cache(trunk_dir, support, "liver", tmp_path / "full", **ARGS)
-
-
-# --- box logic -----------------------------------------------------------------------------------------
-def test_positive_box_is_the_organ_plus_margin_grown_to_the_window_on_even_voxels():
-    label = np.zeros((100, 40, 81), np.uint8)
-    label[31:50, 10:20, 70:81] = 1
-    bbox = organ_bbox(label)
-    assert bbox == ((31, 50), (10, 20), (70, 81))
-    box = positive_box(bbox, label.shape, (2.0, 2.0, 2.0), 10.0, (64, 64, 64))
-    assert box[0][1] - box[0][0] >= 64 and box[0][0] <= 26 and box[0][1] >= 55
-    assert box[1] == (0, 40)  # the axis is shorter than the window: all of it
-    assert box[2] == (16, 80)  # grown to the window, the odd last voxel left out
-    assert all(a % 2 == 0 and b % 2 == 0 for a, b in box)
-    assert organ_bbox(np.zeros((4, 4, 4))) is None
-
-
-def test_negative_windows_fall_back_honestly_when_nothing_is_clear_of_the_organ():
-    body = np.ones((80, 70, 70), bool)
-    label = np.zeros(body.shape, np.uint8)
-    label[10:70, 10:60, 5:65] = 1  # no 64-window can miss this box
-    rng = np.random.default_rng(0)
-    got = negative_boxes(body, label, organ_bbox(label), (64, 64, 64), 2, rng)
-    assert len(got) == 2
-    for box, info in got:
-        assert info["tier"] == 3 and info["overlaps_organ_box"]
-        sl = tuple(slice(a, b) for a, b in box)
-        assert info["organ_voxels"] == int(label[sl].sum())
-        assert all(b - a == 64 and a % 2 == 0 for a, b in box)
-    # Drawing is seeded: the same rng seed gives the same windows.
-    again = negative_boxes(body, label, organ_bbox(label), (64, 64, 64), 2, np.random.default_rng(0))
-    assert [b for b, _ in again] == [b for b, _ in got]
+        build_cache(trunk_dir, support, "liver", tmp_path / "full", config())
 
 
 # --- pre-decoder1, with a stand-in trunk (enc0 = input, dec0 = its 2x average pool) ----------------------
@@ -332,7 +233,7 @@ def test_pre_decoder1_cache_stores_enc0_and_half_resolution_dec0(data, tmp_path)
     trunk = Trunk(tmp_path / "trunk", write_manifest(tmp_path / "trunk", "trunk", body, []), PoolStandIn(),
                   precision="fp32")
     out = tmp_path / "cache"
-    manifest = build_cache(trunk, support, "liver", out, k=1, seed=3, query=[query], negatives_per_case=1,
+    manifest = build_cache(trunk, support, "liver", out, CacheConfig(k=1, seed=3, query=(query,), negatives_per_case=1),
                            log=lambda m: None)
     cache = open_cache(out, trunk_manifest_hash=trunk.manifest_hash)
     assert cache.cut == "pre-decoder1" and len(cache.supports) == 2
@@ -366,7 +267,7 @@ def test_a_full_disk_mid_case_is_exit_2_and_leaves_no_partial_case(trunk_dir, da
     from edgeseg.runtime.errors import ResourceError
 
     support, query = data
-    real, calls = cache_mod._save_npy, []
+    real, calls = writer_mod.save_npy, []
 
     def full(path, array):
         calls.append(path)
@@ -374,10 +275,10 @@ def test_a_full_disk_mid_case_is_exit_2_and_leaves_no_partial_case(trunk_dir, da
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, array)
 
-    monkeypatch.setattr(cache_mod, "_save_npy", full)
+    monkeypatch.setattr(writer_mod, "save_npy", full)
     out = tmp_path / "cache"
     with pytest.raises(ResourceError) as e:
-        build_cache(trunk_dir, support, "liver", out, log=lambda m: None, **ARGS)
+        build_cache(trunk_dir, support, "liver", out, config(), log=lambda m: None)
     assert e.value.exit_code == 2 and "no space left" in e.value.problem
     assert not list((out / "cases").glob(".*")) and not (out / "manifest.json").exists()
 
@@ -394,5 +295,15 @@ def test_a_cache_refused_for_a_bad_label_leaves_no_plan_and_no_cases(trunk_dir, 
     nib.save(nib.Nifti1Image(arr, img.affine, img.header), str(lab))
     out = tmp_path / "cache"
     with pytest.raises(InputError, match="liver.nii.gz"):
-        build_cache(trunk_dir, copy, "liver", out, log=lambda m: None, **ARGS)
+        build_cache(trunk_dir, copy, "liver", out, config(), log=lambda m: None)
     assert not (out / "cache.json").exists() and not (out / "cases").exists()
+
+
+@pytest.mark.parametrize("changes,what", [
+    ({"negatives_per_case": -1}, "--negatives -1"), ({"margin_mm": 1000.0}, "--margin 1000.0"),
+    ({"query_pool": 9}, "--query-pool 9"), ({"min_body_fraction": 1.5}, "min_body_fraction 1.5"),
+])
+def test_settings_out_of_range_are_refused_before_anything_is_read(changes, what, tmp_path):
+    with pytest.raises(InputError, match=f"{what} is out of range"):
+        build_cache(tmp_path / "no-trunk", tmp_path / "no-data", "liver", tmp_path / "out", config(**changes))
+    assert not (tmp_path / "out").exists()
