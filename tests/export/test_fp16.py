@@ -18,10 +18,10 @@ from edgeseg.export.fp16 import to_mixed_fp16
 from edgeseg.export.onnx import (
     ExportSpec,
     export_trunk_onnx,
-    inspect_onnx,
     save_ir_model,
 )
 from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.graph import inspect_graph
 from onnx import TensorProto, helper
 
 from edgeseg.model.swinunetr import build_swinunetr, split
@@ -69,7 +69,7 @@ def value_types(path: Path) -> tuple[onnx.ModelProto, dict[str, int]]:
 @pytest.mark.slow
 def test_fp16_graph_is_valid_and_keeps_float32_io(converted):
     onnx.checker.check_model(str(converted.path), full_check=True)
-    info = inspect_onnx(converted.path)
+    info = inspect_graph(converted.path, check=True)
     assert info["inputs"] == [{"name": "image", "dtype": "float32", "shape": ["N", 1, *WINDOW]}]
     assert info["outputs"] == [{"name": "features", "dtype": "float32", "shape": ["N", 12, *WINDOW]}]
     assert info["metadata"]["edgeseg.precision"] == "mixed-fp16"

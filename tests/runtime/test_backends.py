@@ -22,8 +22,9 @@ from edgeseg.runtime.backends import (
     open_backend,
 )
 from edgeseg.runtime.backends.openvino import ran_precision
-from edgeseg.runtime.backends.ort import OrtBackend, inspect_graph
+from edgeseg.runtime.backends.ort import OrtBackend
 from edgeseg.runtime.errors import BackendUnavailable, InputError
+from edgeseg.runtime.graph import inspect_graph
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeseg.model.swinunetr import build_swinunetr, split
@@ -181,7 +182,7 @@ def test_ort_without_cpu_arena(toy):
 def test_ort_gpu_provider_options_are_built_for_the_batch_range(tmp_path):
     backend = OrtBackend("trunk.fp16.onnx", device="tensorrt", cache_dir=tmp_path, min_batch=1, opt_batch=2, max_batch=4,
                          gpu_mem_limit=6 << 30)
-    graph = {"inputs": {"image": (None, 1, 96, 96, 96)}}
+    graph = {"inputs": [{"name": "image", "dtype": "float32", "shape": ["N", 1, 96, 96, 96]}]}
     (trt_name, trt), (cuda_name, cuda), cpu = backend.providers(graph)
     assert (trt_name, cuda_name, cpu) == ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
     assert trt["trt_fp16_enable"] is False  # fp16 comes from the graph; True would mean weak typing
