@@ -293,6 +293,8 @@ def export_dynamo(module, example: tuple, input_names, output_names, dynamic_sha
     module.eval()
     with warnings.catch_warnings():  # torch's own pytree deprecation, raised inside torch.export
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        # One batch Dim shared by several inputs (an adapter's enc0 and dec0) is, rightly, one axis name.
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis.*")
         try:
             with torch.no_grad():
                 program = torch.onnx.export(
