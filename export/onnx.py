@@ -1,4 +1,4 @@
-"""Export the frozen SwinUNETR trunk to ONNX (fp32), and read back what an exported graph is.
+"""Export the frozen SwinUNETR trunk to ONNX (fp32), and check that a graph is the trunk it should be.
 
 The graph: one input ``image`` of shape ``(N, in_channels, D, H, W)`` float32, where only the batch
 ``N`` is dynamic; outputs ``features`` (cut ``decoder1``) or ``enc0`` and ``dec0`` (cut
