@@ -102,9 +102,10 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     from edgeseg.export.fp16 import to_mixed_fp16
-    from edgeseg.export.onnx import ExportSpec, export_trunk_onnx, inspect_onnx
+    from edgeseg.export.onnx import ExportSpec, export_trunk_onnx
     from edgeseg.model.spec import ModelSpec
     from edgeseg.model.swinunetr import build_swinunetr, count_params, split
+    from edgeseg.runtime.graph import inspect_graph
     from edgeseg.runtime.host import host_description
     from edgeseg.runtime.manifest import library_versions
     from edgeseg.runtime.preprocess import PreprocessSpec
@@ -135,7 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
 
         fp32_path = workdir / "trunk.onnx"
         exp = export_trunk_onnx(trunk, ExportSpec.for_model(spec, cut="decoder1"), fp32_path, force=True)
-        info = inspect_onnx(fp32_path)
+        info = inspect_graph(fp32_path, check=True)
         fp16_path = workdir / "trunk_fp16.onnx"
         f16 = to_mixed_fp16(fp32_path, fp16_path, force=True)
 

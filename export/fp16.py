@@ -34,10 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeseg.export.onnx import (
-    EXTERNAL_DATA_THRESHOLD, _check_target, inspect_onnx, save_ir_model,
-)
+from edgeseg.export.onnx import EXTERNAL_DATA_THRESHOLD, _check_target, save_ir_model
 from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.graph import inspect_graph
 
 __all__ = ["FP16_OPS", "FP32_OPS", "Fp16Result", "to_mixed_fp16"]
 
@@ -117,7 +116,7 @@ def to_mixed_fp16(src: str | Path, dst: str | Path, *, force: bool = False,
 
     src, dst = Path(src), Path(dst)
     t0 = time.perf_counter()
-    info = inspect_onnx(src)  # a corrupt or truncated source is an InputError naming it
+    info = inspect_graph(src, check=True)  # a corrupt or truncated source is an InputError naming it
     _check_target(dst, force)
     if src.resolve() == dst.resolve():
         raise InputError("the fp16 graph would overwrite its fp32 source", path=dst, fix="choose another output")

@@ -1,4 +1,4 @@
-"""Export the frozen SwinUNETR trunk to ONNX (fp32), and read back what an exported graph is.
+"""Export the frozen SwinUNETR trunk to ONNX (fp32), and check that a graph is the trunk it should be.
 
 The graph: one input ``image`` of shape ``(N, in_channels, D, H, W)`` float32, where only the batch
 ``N`` is dynamic; outputs ``features`` (cut ``decoder1``) or ``enc0`` and ``dec0`` (cut
@@ -14,7 +14,12 @@ checkpoints) and a graph for another window is another export.
 Exporter: ``torch.onnx.export(..., dynamo=True)`` followed by ``onnxscript.optimizer.optimize`` with
 large constant-folding limits, which folds the ScatterND chains that rebuild the attention masks on
 every run into constants. The TorchScript exporter (``dynamo=False``) was measured against it and
-not kept: `EXPORTER_REASON` gives the numbers.
+not kept: docs/export.md gives the numbers. The adapters (`export/adapter.py`) go through the same
+exporter (`export_dynamo`), optimizer and saving.
+
+`check_trunk_io` is the one check of a trunk graph's inputs and outputs (name, dtype, fixed window,
+dynamic batch, the cut's outputs): export runs it on every graph it writes. Reading a graph file back
+is `edgeseg.runtime.graph.inspect_graph`, shared with the runtime.
 
 Weights live in the ``.onnx`` file below `EXTERNAL_DATA_THRESHOLD` bytes (protobuf cannot hold more
 than 2 GB) and in ``<name>.onnx.data`` beside it above; the graph names the data file by a relative
@@ -42,15 +47,17 @@ import onnx
 from edgeseg.model.spec import CUTS
 from edgeseg.runtime.atomic import refuse_link, unlink_own
 from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.graph import DYNAMIC, EXPORT_SPEC_KEY, value_info
 
 __all__ = [
     "DEFAULT_OPSET", "EXPORTERS", "EXPORTER_REASON", "EXTERNAL_DATA_THRESHOLD", "INPUT_NAME", "ExportResult",
-    "ExportSpec", "check_onnx_io", "export_trunk_onnx", "inspect_onnx", "output_names", "save_ir_model",
+    "ExportSpec", "check_trunk_io", "export_dynamo", "export_trunk_onnx", "optimize_graph", "output_names",
+    "save_ir_model",
 ]
 
 INPUT_NAME = "image"
 OUTPUT_NAMES = {"decoder1": ("features",), "pre-decoder1": ("enc0", "dec0")}
-EXPORTERS = ("dynamo",)  # TorchScript (dynamo=False) was measured and not kept: see EXPORTER_REASON
+EXPORTERS = ("dynamo",)  # TorchScript (dynamo=False) was measured and not kept: see docs/export.md
 MIN_OPSET = 17
 DEFAULT_OPSET = 18
 # The dynamo exporter emits opset 18; asked for 17 it tries onnx's version converter, which has no
@@ -61,19 +68,12 @@ EXTERNAL_TENSOR_MIN_BYTES = 1024  # with external data, tensors smaller than thi
 # onnxscript's constant-folding limits (elements): large enough to fold the attention-mask
 # ScatterND chains, small enough not to bake the ~40M-value per-window masks in as constants.
 FOLD_LIMIT = 10**7
-METADATA_KEY = "edgeseg.export_spec"
-DYNAMIC_BATCH = "N"
+METADATA_KEY = EXPORT_SPEC_KEY
+DYNAMIC_BATCH = DYNAMIC
 
-EXPORTER_REASON = (
-    "dynamo: torch.onnx.export(dynamo=True) + onnxscript.optimizer.optimize folds the attention-mask "
-    "ScatterND chains into constants and keeps LayerNormalization as one op. Measured on a 2-core AMD EPYC: "
-    "feature_size 48, 96^3: dynamo 26.6 s (export 18.5, optimize 5.9, save+check 2.2), 11270 -> 565 nodes, "
-    "0 ScatterND; TorchScript (dynamo=False) 13.2 s, 9326 nodes with 81 ScatterND, and still 2285 nodes "
-    "with 81 ScatterND after the same optimizer (56 s more). Tiny test model, 64^3: dynamo 406 nodes in "
-    "~20 s; TorchScript 4104 nodes in ~5 s, 1198 with 27 ScatterND after the optimizer. Export runs once "
-    "per model, the graph runs for every window: the 4x-16x smaller, mask-free graph wins over "
-    "TorchScript's faster export (benchmarks/export_full_size.py)."
-)
+# Recorded in every export result and trunk manifest; the measurements behind it are in docs/export.md.
+EXPORTER_REASON = ("dynamo: folds the attention masks into constants and keeps LayerNormalization as one op, a "
+                   "4x-16x smaller graph than TorchScript's; measurements in docs/export.md")
 
 
 def output_names(cut: str) -> tuple[str, ...]:
@@ -243,22 +243,21 @@ def export_trunk_onnx(trunk, spec: ExportSpec, out_path: str | Path, *, force: b
         raise InputError(f"the trunk was split at {trunk_cut!r} but the export spec says cut {spec.cut!r}",
                          fix="split the model at the cut you export (or change the export spec)")
     in_channels = _in_channels(trunk)
-    names = spec.output_names
     steps: dict[str, float] = {}
     t0 = time.perf_counter()
-    was_training = trunk.training
-    trunk.eval()
-    try:
-        with torch.no_grad():
-            model, n_raw = _export_dynamo(trunk, spec, in_channels, names)
-    finally:
-        trunk.train(was_training)
+    # Traced with batch 2: torch.export specialises a dimension whose example size is 0 or 1.
+    example = torch.zeros(2, in_channels, *spec.window)
+    batch = torch.export.Dim(DYNAMIC_BATCH, min=1, max=max(2, spec.max_batch))
+    model, n_raw = export_dynamo(trunk, (example,), [INPUT_NAME], spec.output_names, ({0: batch},), spec.opset)
     steps["export"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
     optimize_graph(model)
     steps["optimize"] = time.perf_counter() - t1
-    _check_exported_io(model, spec, in_channels)
+    try:  # the exporter's own output: a miss here is a bug in this module or the exporter, not the user's input
+        check_trunk_io(ir_io(model), spec.window, spec.cut, in_channels=in_channels)
+    except InputError as e:
+        raise RuntimeError(f"the exported graph is not the trunk promised: {e.problem}") from None
     model.metadata_props[METADATA_KEY] = json.dumps(spec.to_dict(), sort_keys=True)
     model.doc_string = f"edgeseg SwinUNETR trunk, cut {spec.cut}, window {list(spec.window)}, batch dynamic"
 
@@ -275,28 +274,38 @@ def export_trunk_onnx(trunk, spec: ExportSpec, out_path: str | Path, *, force: b
     )
 
 
-def _export_dynamo(trunk, spec: ExportSpec, in_channels: int, names: tuple[str, ...]):
-    import torch
+def export_dynamo(module, example: tuple, input_names, output_names, dynamic_shapes: tuple, opset: int):
+    """`module` in eval mode through ``torch.onnx.export(dynamo=True)``, unoptimised: (onnx_ir.Model, its node count).
 
-    # Traced with batch 2: torch.export specialises a dimension whose example size is 0 or 1.
-    example = torch.zeros(2, in_channels, *spec.window)
-    batch = torch.export.Dim(DYNAMIC_BATCH, min=1, max=max(2, spec.max_batch))
+    The one exporter of edgeseg's graphs (trunk and adapters). `dynamic_shapes` holds one
+    ``{axis: torch.export.Dim}`` per input; `opset` is raised to `DYNAMO_MIN_OPSET` (what the
+    exporter emits). Give dynamic axes example sizes above 1 (torch.export specialises 0 and 1).
+    """
     import logging
+
+    import torch
 
     # torch.onnx logs a warning per torchvision op it cannot register; edgeseg needs none of them.
     registration = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration.level
     registration.setLevel(logging.ERROR)
+    was_training = module.training
+    module.eval()
     with warnings.catch_warnings():  # torch's own pytree deprecation, raised inside torch.export
         warnings.filterwarnings("ignore", message=".*LeafSpec.*", category=FutureWarning)
+        # One batch Dim shared by several inputs (an adapter's enc0 and dec0) is, rightly, one axis name.
+        warnings.filterwarnings("ignore", message=".*shares the same shape constraints with another axis.*")
         try:
-            program = torch.onnx.export(
-                trunk, (example,), None, dynamo=True, input_names=[INPUT_NAME], output_names=list(names),
-                dynamic_shapes=({0: batch},), opset_version=max(spec.opset, DYNAMO_MIN_OPSET),
-                optimize=False, verify=False, report=False, verbose=False,
-            )
+            with torch.no_grad():
+                program = torch.onnx.export(
+                    module, tuple(example), None, dynamo=True, input_names=list(input_names),
+                    output_names=list(output_names), dynamic_shapes=tuple(dynamic_shapes),
+                    opset_version=max(opset, DYNAMO_MIN_OPSET), optimize=False, verify=False, report=False,
+                    verbose=False,
+                )
         finally:
             registration.setLevel(level)
+            module.train(was_training)
     model = program.model
     return model, len(list(model.graph))
 
@@ -315,19 +324,68 @@ def optimize_graph(model) -> None:
     optimizer.optimize(model, input_size_limit=FOLD_LIMIT, output_size_limit=FOLD_LIMIT)
 
 
-def _check_exported_io(model, spec: ExportSpec, in_channels: int) -> None:
-    """The exported graph has the promised I/O; anything else is a bug here, not the user's input."""
-    ins = [(v.name, _ir_shape(v)) for v in model.graph.inputs]
-    outs = [v.name for v in model.graph.outputs]
-    want_in = [(INPUT_NAME, [DYNAMIC_BATCH, in_channels, *spec.window])]
-    if ins != want_in or outs != list(spec.output_names):
-        raise RuntimeError(f"exported graph I/O {ins} -> {outs}; expected {want_in} -> {list(spec.output_names)}")
+def ir_io(model) -> dict:
+    """The inputs and outputs of an `onnx_ir.Model`, as `inspect_graph` describes a graph file's."""
+    import onnx_ir as ir
+
+    return {"inputs": [value_info(ir.serde.serialize_value(v)) for v in model.graph.inputs],
+            "outputs": [value_info(ir.serde.serialize_value(v)) for v in model.graph.outputs]}
 
 
-def _ir_shape(value) -> list:
-    if value.shape is None:
-        return []
-    return [d if isinstance(d, int) else DYNAMIC_BATCH for d in value.shape]
+def check_trunk_io(graph: dict, window: tuple[int, int, int], cut: str, *, in_channels: int | None = None,
+                   path: str | Path | None = None) -> None:
+    """Check that `graph` (`inspect_graph(path)`, or `ir_io(model)`) is an edgeseg trunk for `window` at `cut`.
+
+    One input `INPUT_NAME`, float32, (N, C, D, H, W) with a dynamic batch and the fixed `window`
+    (and `in_channels` channels when given); the cut's outputs by name, at the window's size (dec0
+    at half of it). A graph exported for another window (or another cut, or with dynamic spatial
+    axes) is refused with an `InputError` that names both shapes.
+    """
+    _check_cut(cut)
+    window = tuple(int(w) for w in window)
+    fix_window = (f"re-export the trunk for window {list(window)} (edgeseg export), or use the window the graph "
+                  "was exported for")
+    inputs = graph["inputs"]
+    if [i["name"] for i in inputs] != [INPUT_NAME]:
+        raise InputError(f"graph inputs {[i['name'] for i in inputs]}; an edgeseg trunk has one input {INPUT_NAME!r}",
+                         path=path, fix="export the trunk with edgeseg export")
+    shape = inputs[0]["shape"]
+    if len(shape) != 5:
+        raise InputError(f"graph input {INPUT_NAME!r} has shape {shape}; expected (N, C, D, H, W)", path=path,
+                         fix="export the trunk with edgeseg export")
+    spatial = shape[2:]
+    if any(not isinstance(s, int) for s in spatial):
+        raise InputError(
+            f"graph input {INPUT_NAME!r} has dynamic spatial axes {spatial}: SwinUNETR bakes its attention masks "
+            f"and padding for one spatial shape, so this graph is wrong at any shape but the traced one",
+            path=path, fix=fix_window)
+    if tuple(spatial) != window:
+        raise InputError(
+            f"graph input {INPUT_NAME!r} has spatial shape {tuple(spatial)} but the expected window is {window}",
+            path=path, fix=fix_window)
+    if isinstance(shape[0], int):
+        raise InputError(f"graph input {INPUT_NAME!r} has a fixed batch of {shape[0]}; edgeseg trunks have a dynamic "
+                         "batch", path=path, fix="export the trunk with edgeseg export")
+    if in_channels is not None and shape[1] != in_channels:
+        raise InputError(f"graph input has {shape[1]} channels; the model has {in_channels}", path=path,
+                         fix="export the trunk of this model")
+    if inputs[0]["dtype"] != "float32":
+        raise InputError(f"graph input dtype is {inputs[0]['dtype']}; edgeseg graphs take float32", path=path,
+                         fix="export with edgeseg export (fp16 graphs keep float32 I/O)")
+    outs = [o["name"] for o in graph["outputs"]]
+    if outs != list(OUTPUT_NAMES[cut]):
+        have = next((c for c, n in OUTPUT_NAMES.items() if list(n) == outs), None)
+        raise InputError(
+            f"graph outputs {outs} are those of cut {have!r}, not {cut!r} (outputs {list(OUTPUT_NAMES[cut])})"
+            if have else f"graph outputs {outs}; cut {cut!r} has outputs {list(OUTPUT_NAMES[cut])}",
+            path=path, fix=f"export the trunk at cut {cut!r}")
+    factors = (1,) if cut == "decoder1" else (1, 2)
+    for out, f in zip(graph["outputs"], factors):
+        want = tuple(w // f for w in window)
+        got = tuple(out["shape"][2:])
+        if got != want:
+            raise InputError(f"graph output {out['name']!r} has spatial shape {got}; expected {want} for window {window}",
+                             path=path, fix=fix_window)
 
 
 def _ir_opset(model) -> int:
@@ -388,152 +446,3 @@ def save_ir_model(model, out_path: str | Path, *, force: bool = False,
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     return data_final if external else None
-
-
-# --- reading back ----------------------------------------------------------------------------------
-
-
-def _reexport_fix() -> str:
-    return "re-export it (edgeseg export), and copy the .onnx together with its .onnx.data file if it has one"
-
-
-def _dtype_name(elem_type: int) -> str:
-    try:
-        return str(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
-    except Exception:
-        return onnx.TensorProto.DataType.Name(elem_type).lower()
-
-
-def _value_info(v: onnx.ValueInfoProto) -> dict:
-    t = v.type.tensor_type
-    shape = []
-    if t.HasField("shape"):
-        for d in t.shape.dim:
-            shape.append(d.dim_value if d.HasField("dim_value") else DYNAMIC_BATCH)
-    return {"name": v.name, "dtype": _dtype_name(t.elem_type), "shape": shape}
-
-
-def _external_locations(model: onnx.ModelProto) -> dict[str, int]:
-    """External data files the graph refers to -> the bytes it needs from each."""
-    needs: dict[str, int] = {}
-    for tensor in model.graph.initializer:
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            info = {e.key: e.value for e in tensor.external_data}
-            end = int(info.get("offset", 0)) + int(info.get("length", 0))
-            loc = info.get("location", "")
-            needs[loc] = max(needs.get(loc, 0), end)
-    return needs
-
-
-def inspect_onnx(path: str | Path) -> dict:
-    """Describe an ONNX graph without running it; a corrupt or truncated file is an `InputError`.
-
-    Returns inputs/outputs (name, dtype, shape with "N" for dynamic dimensions), opset, node count,
-    op histogram, whether weights are external (and the files), sizes and edgeseg's export spec.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("ONNX graph not found", path=path, fix="check the path, or export the trunk first")
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:
-        raise InputError(f"not a readable ONNX graph (corrupt or truncated: {type(e).__name__}: {e})",
-                         path=path, fix=_reexport_fix()) from None
-    graph = model.graph
-    if not graph.node or not graph.input or not graph.output or not model.opset_import:
-        raise InputError("not a complete ONNX graph (no nodes, inputs, outputs or opset: truncated?)",
-                         path=path, fix=_reexport_fix())
-    externals = _external_locations(model)
-    for loc, need in externals.items():
-        data = path.parent / loc
-        if Path(loc).is_absolute() or ".." in Path(loc).parts:
-            raise InputError(f"external data location {loc!r} is not a file name beside the graph", path=path,
-                             fix=_reexport_fix())
-        if not data.is_file():
-            raise InputError(f"its weights file {loc} is missing", path=data, fix=_reexport_fix())
-        if data.stat().st_size < need:
-            raise InputError(f"weights file is truncated ({data.stat().st_size} bytes; the graph needs {need})",
-                             path=data, fix=_reexport_fix())
-    try:
-        onnx.checker.check_model(str(path))
-    except Exception as e:
-        raise InputError(f"not a valid ONNX graph ({type(e).__name__}: {str(e).splitlines()[0][:300]})",
-                         path=path, fix=_reexport_fix()) from None
-    initializer_names = {t.name for t in graph.initializer}
-    op_counts = Counter(n.op_type for n in graph.node)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
-    metadata = {p.key: p.value for p in model.metadata_props}
-    spec = None
-    if METADATA_KEY in metadata:
-        try:
-            spec = json.loads(metadata[METADATA_KEY])
-        except json.JSONDecodeError:
-            spec = None
-    return {
-        "path": str(path),
-        "inputs": [_value_info(v) for v in graph.input if v.name not in initializer_names],
-        "outputs": [_value_info(v) for v in graph.output],
-        "opset": opset,
-        "ir_version": model.ir_version,
-        "producer": f"{model.producer_name} {model.producer_version}".strip(),
-        "n_nodes": len(graph.node),
-        "op_counts": dict(op_counts.most_common()),
-        "external_data": bool(externals),
-        "external_files": sorted(externals),
-        "bytes": path.stat().st_size + sum((path.parent / loc).stat().st_size for loc in externals),
-        "export_spec": spec,
-        "metadata": metadata,
-    }
-
-
-def check_onnx_io(path: str | Path, window: tuple[int, int, int], cut: str, *,
-                  in_channels: int | None = None) -> dict:
-    """Check that graph `path` is a trunk for `window` at `cut`; return `inspect_onnx(path)`.
-
-    A graph exported for another window (or another cut, or with dynamic spatial axes) is refused
-    with an `InputError` that names both shapes.
-    """
-    _check_cut(cut)
-    window = tuple(int(w) for w in window)
-    info = inspect_onnx(path)
-    fix_window = (f"re-export the trunk for window {list(window)} (edgeseg export), or use the window the graph "
-                  "was exported for")
-    inputs = info["inputs"]
-    if [i["name"] for i in inputs] != [INPUT_NAME]:
-        raise InputError(f"graph inputs {[i['name'] for i in inputs]}; an edgeseg trunk has one input {INPUT_NAME!r}",
-                         path=path, fix="export the trunk with edgeseg export")
-    shape = inputs[0]["shape"]
-    if len(shape) != 5:
-        raise InputError(f"graph input {INPUT_NAME!r} has shape {shape}; expected (N, C, D, H, W)", path=path,
-                         fix="export the trunk with edgeseg export")
-    spatial = shape[2:]
-    if any(not isinstance(s, int) for s in spatial):
-        raise InputError(
-            f"graph input {INPUT_NAME!r} has dynamic spatial axes {spatial}: SwinUNETR bakes its attention masks "
-            f"and padding for one spatial shape, so this graph is wrong at any shape but the traced one",
-            path=path, fix=fix_window)
-    if tuple(spatial) != window:
-        raise InputError(
-            f"graph input {INPUT_NAME!r} has spatial shape {tuple(spatial)} but the expected window is {window}",
-            path=path, fix=fix_window)
-    if in_channels is not None and shape[1] != in_channels:
-        raise InputError(f"graph input has {shape[1]} channels; the model has {in_channels}", path=path,
-                         fix="export the trunk of this model")
-    if inputs[0]["dtype"] != "float32":
-        raise InputError(f"graph input dtype is {inputs[0]['dtype']}; edgeseg graphs take float32", path=path,
-                         fix="export with edgeseg export (fp16 graphs keep float32 I/O)")
-    outs = [o["name"] for o in info["outputs"]]
-    if outs != list(OUTPUT_NAMES[cut]):
-        have = next((c for c, n in OUTPUT_NAMES.items() if list(n) == outs), None)
-        raise InputError(
-            f"graph outputs {outs} are those of cut {have!r}, not {cut!r} (outputs {list(OUTPUT_NAMES[cut])})"
-            if have else f"graph outputs {outs}; cut {cut!r} has outputs {list(OUTPUT_NAMES[cut])}",
-            path=path, fix=f"export the trunk at cut {cut!r}")
-    factors = (1,) if cut == "decoder1" else (1, 2)
-    for out, f in zip(info["outputs"], factors):
-        want = tuple(w // f for w in window)
-        got = tuple(out["shape"][2:])
-        if got != want:
-            raise InputError(f"graph output {out['name']!r} has spatial shape {got}; expected {want} for window {window}",
-                             path=path, fix=fix_window)
-    return info

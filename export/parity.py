@@ -33,6 +33,10 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # bf16 keeps 8 mantissa bits (fp16: 11); measured ~1e-2 rel L2 with OpenVINO on this trunk.
     ("bf16", "random"): Tolerance(rel_l2=3e-2, mask_flip=5e-3),
     ("bf16", "ct"): Tolerance(rel_l2=3e-2, mask_flip=5e-3),
+    # fp32 graphs on NVIDIA GPUs (Ampere and later): cuDNN and TensorRT run convolutions and matmuls in
+    # TF32 by default (fp16's 10 mantissa bits, fp32's range), so fp32 is held to half the fp16 bound. For
+    # the GPU tests of fp32 graphs; not measured yet (no GPU has been lent where this was written).
+    ("tf32", "random"): Tolerance(rel_l2=5e-3, mask_flip=5e-3),
 }
 
 

@@ -15,6 +15,11 @@ Performance" for timing caches, the Engine Inspector page, and the 10.x -> 11.x 
 
 The engine key (TensorRT version, GPU, compute capability, CUDA) and its check are pure functions in
 ``edgeseg.runtime.backends.tensorrt`` (the deployment side needs them too) and are re-exported here.
+
+Not yet run on hardware: no TensorRT was installable where this was written and no GPU has been
+lent, so only the pure functions have run (tests/export/test_tensorrt.py). The `trt`-marked
+``test_export_and_fuse_build_engines_that_pick_engine_finds_among_other_machines_plans`` runs the
+product's path (export, fuse, engine choice) wherever TensorRT and an NVIDIA GPU are present.
 """
 
 from __future__ import annotations

@@ -155,18 +155,3 @@ def count_onnx_flops(path: str | Path, *, batch: int = 1) -> FlopCount:
         result.nodes += 1
     return result
 
-
-def torch_flops(module, input_shape: tuple[int, ...]) -> int:
-    """FLOPs of `module` on an input of `input_shape`, counted by torch on the meta device (nothing computed).
-
-    The cross-check of `count_onnx_flops`; needs torch. The module is copied to the meta device.
-    """
-    import copy
-
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    meta = copy.deepcopy(module).to("meta")
-    with torch.inference_mode(False), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        meta(torch.empty(*input_shape, device="meta"))
-    return int(counter.get_total_flops())

@@ -12,11 +12,10 @@ from edgeseg.train.size_prior import (
     SizeEstimate,
     target_size_ml,
     ti_loss,
-    ti_loss_released,
     voxel_volume_ml,
 )
 
 __all__ = [
     "LOSSES", "QuerySizeEstimator", "SizeEstimate", "bce_loss", "dice_score",
-    "segmentation_loss", "soft_dice_loss", "target_size_ml", "ti_loss", "ti_loss_released", "voxel_volume_ml",
+    "segmentation_loss", "soft_dice_loss", "target_size_ml", "ti_loss", "voxel_volume_ml",
 ]

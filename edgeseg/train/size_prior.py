@@ -14,8 +14,8 @@ Three parts:
    sigmoid(adapter(features)) x voxel volume`` (mL), exact in value and cheap in gradient (see the class).
 3. `ti_loss` — the poster's symmetric band penalty ``L_TI`` (zero while ``S_hat`` is within
    ``[(1 - gamma) S, (1 + gamma) S]``, the L1 distance to the band outside it), divided by ``S`` so the
-   weight ``lambda`` does not depend on the organ's size. `ti_loss_released` is the 2023 release's
-   asymmetric relative-error variant, kept for comparison.
+   weight ``lambda`` does not depend on the organ's size. The 2023 release's asymmetric relative-error
+   variant is kept, for comparison, beside its test (tests/train/test_size_prior.py).
 """
 
 from __future__ import annotations
@@ -32,8 +32,7 @@ from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.predict.postprocess import largest_component
 
 __all__ = [
-    "QuerySizeEstimator", "SizeEstimate", "target_size_ml", "ti_loss", "ti_loss_released",
-    "voxel_volume_ml",
+    "QuerySizeEstimator", "SizeEstimate", "target_size_ml", "ti_loss", "voxel_volume_ml",
 ]
 
 OUTLIER_MIN_K = 5  # the release applies its median +/- std rule from 5 supports on
@@ -115,31 +114,6 @@ def ti_loss(S_hat: Tensor, S: float | Tensor, gamma: float = 0.3) -> Tensor:
     below = torch.relu((1.0 - gamma) * S - S_hat)
     above = torch.relu(S_hat - (1.0 + gamma) * S)
     return (below + above) / S
-
-
-def ti_loss_released(p_hat: Tensor, p_t: float, margin: float = 0.3) -> Tensor:
-    """The 2023 release's size penalty (``fseft/transductive/TI_modules.py``), kept as written there.
-
-    ``e = (p_t - p_hat) / max(p_hat, p_t)``; penalty ``|e| - m`` if ``e > m``, ``|e| + m`` if ``e < -m``,
-    else 0. Asymmetric: over-segmenting beyond the margin costs ``2m`` more than under-segmenting by as
-    much, and the penalty jumps at ``e = -m``. As in the release the denominator is a constant (taken
-    from ``p_hat``'s value, no gradient through it). The release fed proportions (sizes over the query's
-    size); the ratio makes the units cancel, so sizes in mL work as well. Scalar inputs only.
-    """
-    p_hat = torch.as_tensor(p_hat)
-    if p_hat.numel() != 1:
-        raise InputError("ti_loss_released takes a scalar predicted size", fix="sum the prediction first")
-    p_t = float(p_t)
-    if not p_t > 0:
-        raise InputError(f"target p_t={p_t} must be positive", fix="estimate it with target_size_ml")
-    denom = max(float(p_hat.detach()), p_t)
-    e = (p_t - p_hat) / denom
-    ev = float(e.detach())
-    if ev > margin:
-        return torch.abs(e) - margin
-    if ev < -margin:
-        return torch.abs(e) + margin
-    return p_hat * 0.0  # zero, still attached to the graph
 
 
 def _as_array(x):

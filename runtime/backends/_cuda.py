@@ -3,6 +3,9 @@
 One documented approach for device memory: NVIDIA's `cuda-python` bindings (``cuda.bindings.runtime``
 since cuda-python 12.6, ``cuda.cudart`` before), as TensorRT's own Python samples use. Every call
 returns a tuple whose first item is the error code; `call()` checks it. Nothing here imports torch.
+
+Not yet run on hardware: no GPU has been lent where this was written (nor cuda-python with a driver
+to call); the `gpu`- and `trt`-marked tests run it wherever an NVIDIA GPU is present.
 """
 
 from __future__ import annotations

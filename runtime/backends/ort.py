@@ -21,6 +21,7 @@ import numpy as np
 
 from edgeseg.runtime.backends.base import Backend, BackendInfo, TensorSpec
 from edgeseg.runtime.errors import BackendUnavailable, InputError
+from edgeseg.runtime.graph import inspect_graph
 from edgeseg.runtime.support import Device
 
 ORT_TYPES = {
@@ -36,44 +37,8 @@ GPU_FIX = ("check the driver (nvidia-smi) and that CUDA 12 / cuDNN 9 (and Tensor
 FP16_CPU_NOTE = ("ONNX Runtime's CPU provider has no fp16 Conv/MatMul kernels on x86: it inserts Casts and runs those "
                  "nodes in fp32 (fp16-rounded weights, slower than the fp32 graph); use the fp32 graph on CPU")
 
-# ONNX TensorProto element types
-_FLOAT16, _BFLOAT16 = 10, 16
-
-
-def inspect_graph(onnx_path: str | Path) -> dict:
-    """Precision and input shapes of an ONNX graph, read without its (possibly external) weights.
-
-    precision: "fp16" if any initializer, Cast target or graph value is float16 (a mixed graph),
-    "bf16" likewise for bfloat16, else "fp32".
-    """
-    import onnx
-
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as e:
-        raise InputError(f"is not a readable ONNX file ({type(e).__name__}: {e})", path=onnx_path,
-                         fix="re-export it with `edgeseg export`") from None
-    g = model.graph
-    types: set[int] = {init.data_type for init in g.initializer}
-    for node in g.node:
-        if node.op_type == "Cast":
-            types.update(a.i for a in node.attribute if a.name == "to")
-    for vi in (*g.input, *g.output, *g.value_info):
-        types.add(vi.type.tensor_type.elem_type)
-    precision = "fp16" if _FLOAT16 in types else "bf16" if _BFLOAT16 in types else "fp32"
-    initializers = {init.name for init in g.initializer}
-    inputs = {}
-    for vi in g.input:
-        if vi.name in initializers:
-            continue
-        dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim)
-        inputs[vi.name] = dims
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=None)
-    return {"precision": precision, "inputs": inputs, "opset": opset}
-
-
-def _shape_option(name: str, sample_dims: tuple[int | None, ...], batch: int) -> str:
-    if any(d is None for d in sample_dims):
+def _shape_option(name: str, sample_dims: tuple[int | str, ...], batch: int) -> str:
+    if any(not isinstance(d, int) for d in sample_dims):
         raise InputError(f"input {name!r} has dynamic dimensions other than the batch: {sample_dims}",
                          fix="export with a fixed window (only the batch dimension dynamic)")
     return f"{name}:" + "x".join(str(d) for d in (batch, *sample_dims))
@@ -130,7 +95,7 @@ class OrtBackend(Backend):
             opts["gpu_mem_limit"] = int(self.gpu_mem_limit)
         return opts
 
-    def tensorrt_options(self, input_name: str, sample_dims: tuple[int | None, ...]) -> dict[str, Any]:
+    def tensorrt_options(self, input_name: str, sample_dims: tuple[int | str, ...]) -> dict[str, Any]:
         lo, opt, hi = self.batch_range
         opts: dict[str, Any] = {
             "device_id": self.device_id,
@@ -155,8 +120,8 @@ class OrtBackend(Backend):
         if len(graph["inputs"]) != 1:
             raise InputError(f"has {len(graph['inputs'])} inputs; the backends take one (the image window)", path=self.path,
                              fix="export the trunk with a single input 'image'")
-        (name, dims), = graph["inputs"].items()
-        return [("TensorrtExecutionProvider", self.tensorrt_options(name, dims[1:])),
+        (image,) = graph["inputs"]
+        return [("TensorrtExecutionProvider", self.tensorrt_options(image["name"], tuple(image["shape"][1:]))),
                 ("CUDAExecutionProvider", self.cuda_options()), "CPUExecutionProvider"]
 
     # --- lifecycle ----------------------------------------------------------------------------

@@ -12,6 +12,10 @@ Engines are specific to the TensorRT version, the GPU (and its compute capabilit
 engine key (`engine_key_from_facts`) records all four, and `check_engine_key` refuses a mismatch with
 a message naming the differing field(s) and the rebuild command. The key logic and the engine
 inspector parser (`half_fraction`) are pure functions over dicts/strings, testable without TensorRT.
+
+Not yet run on hardware: no TensorRT was installable where this was written and no GPU has been
+lent, so only the pure functions have run; the `trt`-marked tests in tests/runtime/test_backends.py
+and tests/export/test_tensorrt.py run the backend wherever TensorRT and an NVIDIA GPU are present.
 """
 
 from __future__ import annotations

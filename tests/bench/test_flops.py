@@ -77,11 +77,27 @@ def test_node_rules_on_shapes():
     assert node_flops("Relu", [(1, 2)], [(1, 2)]) == 0
 
 
+def torch_flops(module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs of `module` on an input of `input_shape`, counted by torch on the meta device (nothing computed).
+
+    The cross-check of `count_onnx_flops` (the product counts from the graph, torch-free); the module
+    is copied to the meta device.
+    """
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(module).to("meta")
+    with torch.inference_mode(False), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        meta(torch.empty(*input_shape, device="meta"))
+    return int(counter.get_total_flops())
+
+
 def test_trunk_graph_count_equals_torch_count(trunk5, checkpoint5):
     """The exported tiny trunk counted from the ONNX graph = torch's FlopCounterMode on the module (meta device)."""
     import torch
 
-    from edgeseg.bench.flops import torch_flops
     from edgeseg.model.checkpoint import load_checkpoint
     from edgeseg.model.swinunetr import split
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from edgeseg.bench import schema
 from edgeseg.bench.windows import bench_windows, make_windows
+from edgeseg.export.parity import TOLERANCES
 from edgeseg.cli import app
 from edgeseg.runtime.availability import BackendStatus
 
@@ -64,8 +65,9 @@ def test_cli_bench_trunk_on_ort(trunk5, tmp_path):
     # parity against the PyTorch fp32 reference, which ran untimed in its own process
     assert r["reference"]["config"] == "torch-cpu-fp32" and r["reference"]["runs"]["torch-cpu-fp32"]["1"]["status"] == "ok"
     assert r["reference"]["runs"]["torch-cpu-fp32"]["1"]["timed_row"] is False  # not selected: run once, untimed
-    assert ok["parity"]["reference"] == "torch-cpu-fp32" and ok["parity"]["rel_l2"] < 1e-3
-    assert 0 <= ok["parity"]["mask_flip"] < 5e-3
+    ct = TOLERANCES[("fp32", "ct")]  # the bench's windows are of the shipped real CT
+    assert ok["parity"]["reference"] == "torch-cpu-fp32" and ok["parity"]["rel_l2"] <= ct.rel_l2
+    assert 0 <= ok["parity"]["mask_flip"] <= ct.mask_flip
     assert "fp16 graph" in rows["ort-cpu-fp16"]["reason"]
     for name in ("ort-cuda-fp32", "ort-tensorrt-fp16"):
         assert rows[name]["status"] == "skipped" and "ExecutionProvider" in rows[name]["reason"]

@@ -127,3 +127,78 @@ def test_engine_key_of_this_machine():
     assert set(key) == {"tensorrt", "gpu", "compute_capability", "cuda"} and all(key.values())
     assert short == key_string(key) and re.fullmatch(r"trt[0-9.]+-sm\d+-cu[0-9.]+-[a-z0-9\-]+", short)
     check_engine_key(key, key)
+
+
+# --- the product's own TensorRT path (has not run yet: no TensorRT and no GPU where it was written) ---
+@pytest.mark.slow
+@requires_trt()
+def test_export_and_fuse_build_engines_that_pick_engine_finds_among_other_machines_plans(checkpoint5, tmp_path):
+    """`export_trunk(..., tensorrt=True)` and `fuse(..., tensorrt=True)` on the tiny model, as the CLI runs them:
+    each builds a strongly typed plan from its own mixed fp16 graph and checks its parity against PyTorch
+    fp32 (`parity.TOLERANCES`); then, in a folder that also holds plans of other machines (sorted first),
+    `pick_engine` takes this machine's, `open_engine` runs it, and another machine's plan is refused."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from edgeseg.export import parity
+    from edgeseg.export.adapter import save_adapter
+    from edgeseg.export.fuse import fuse
+    from edgeseg.export.trunk import export_trunk
+    from edgeseg.runtime.artifact import pick_engine
+    from edgeseg.runtime.backends import open_backend
+    from edgeseg.runtime.engine import open_engine, read_engine_manifest
+    from edgeseg.runtime.manifest import content_hash, write_manifest
+    from edgeseg.runtime.trunk import read_trunk_manifest
+
+    from edgeseg.adapters import build_adapter
+
+    quiet = lambda msg: None  # noqa: E731
+    trunk_dir = tmp_path / "trunk"
+    trunk = export_trunk(checkpoint5, trunk_dir, precisions=("fp32", "fp16"), max_batch=2, tensorrt=True, log=quiet)
+    key, here = engine_key()
+    assert list(trunk["engines"]) == [here] and trunk["engines"][here]["parity"]["passed"]
+    assert trunk["engines"][here]["build"]["strongly_typed"] and trunk["engines"][here]["build"]["half_fraction"] > 0
+    plan, plan_key = pick_engine(trunk_dir, read_trunk_manifest(trunk_dir), required=True, rebuild=REBUILD)
+    assert plan == trunk_dir / plan_name(key) and plan_key == key
+
+    torch.manual_seed(0)
+    adapter_dir = tmp_path / "liver"
+    fs = trunk["model_spec"]["feature_size"]
+    save_adapter(build_adapter("lp", feature_size=fs), adapter_dir, {
+        "adapter": "lp", "organ": "liver", "cut": "decoder1", "feature_size": fs,
+        "trunk_manifest_sha256": content_hash(trunk), "io": {"inputs": trunk["io"]["outputs"], "output": "logits"}})
+    engine_dir = tmp_path / "engine"
+    fused = fuse(trunk_dir, [adapter_dir], engine_dir, precisions=("fp32", "fp16"), tensorrt=True, log=quiet)
+    assert list(fused["engines"]) == [here] and fused["engines"][here]["parity"]["passed"]
+    assert fused["engines"][here]["file"] == plan_name(key, stem="fused")
+
+    # Plans of two other machines beside this one's, sorted before it: the first plan is not the answer.
+    others = [engine_key_from_facts("1.0", "Another GPU", "7.5", "11.8"),
+              engine_key_from_facts("1.1", "Yet Another GPU", "8.0", "12.0")]
+    body = {k: v for k, v in fused.items() if k not in ("kind", "created", "libraries", "host", "files",
+                                                         "manifest_sha256")}
+    engines = dict(fused["engines"])
+    files = list(fused["files"])
+    for other in others:
+        name = plan_name(other, stem="fused")
+        shutil.copy(engine_dir / fused["engines"][here]["file"], engine_dir / name)
+        engines[key_string(other)] = {**fused["engines"][here], "file": name, "key": other}
+        files.append(name)
+    write_manifest(engine_dir, "engine", {**body, "engines": engines}, files, force=True)
+    manifest = read_engine_manifest(engine_dir)
+    assert sorted(manifest["engines"])[0] != here and len(manifest["engines"]) == 3
+    plan, plan_key = pick_engine(engine_dir, manifest, required=True, rebuild=REBUILD)
+    assert plan.name == plan_name(key, stem="fused") and plan_key == key
+
+    volume = np.random.default_rng(0).random((1, 70, 64, 80), dtype=np.float32)
+    with open_engine(engine_dir, backend="tensorrt") as eng:
+        assert eng.graph_precision == "fp16" and eng.ran["backend"] == "tensorrt"
+        got = eng.probabilities(volume)
+    with open_engine(engine_dir, backend="ort", precision="fp32") as eng:
+        ref = eng.probabilities(volume)
+    report = parity.compare({"volume": (ref,)}, {"volume": (got,)}, lambda outs: outs[0] > 0.5,
+                            artifact=plan.name, backend="tensorrt", precision="fp16")
+    assert report.passed, report.lines()
+    with pytest.raises(InputError, match="GPU: engine built with Another GPU"):
+        open_backend("tensorrt", engine_dir / plan_name(others[0], stem="fused"), manifest_key=others[0]).activate()

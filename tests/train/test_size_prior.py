@@ -12,7 +12,6 @@ from edgeseg.train.size_prior import (
     QuerySizeEstimator,
     target_size_ml,
     ti_loss,
-    ti_loss_released,
     voxel_volume_ml,
 )
 from tests.conftest import ellipsoid_world
@@ -61,6 +60,32 @@ def test_ti_loss_is_scale_free_and_takes_gamma():
         ti_loss(torch.tensor(1.0), 1.0, gamma=1.5)
 
 
+# The release's variant: a reference kept for comparison with `ti_loss`, not used by edgeseg's training.
+def ti_loss_released(p_hat: torch.Tensor, p_t: float, margin: float = 0.3) -> torch.Tensor:
+    """The 2023 release's size penalty (``fseft/transductive/TI_modules.py``), kept as written there.
+
+    ``e = (p_t - p_hat) / max(p_hat, p_t)``; penalty ``|e| - m`` if ``e > m``, ``|e| + m`` if ``e < -m``,
+    else 0. Asymmetric: over-segmenting beyond the margin costs ``2m`` more than under-segmenting by as
+    much, and the penalty jumps at ``e = -m``. As in the release the denominator is a constant (taken
+    from ``p_hat``'s value, no gradient through it). The release fed proportions (sizes over the query's
+    size); the ratio makes the units cancel, so sizes in mL work as well. Scalar inputs only.
+    """
+    p_hat = torch.as_tensor(p_hat)
+    if p_hat.numel() != 1:
+        raise InputError("ti_loss_released takes a scalar predicted size", fix="sum the prediction first")
+    p_t = float(p_t)
+    if not p_t > 0:
+        raise InputError(f"target p_t={p_t} must be positive", fix="estimate it with target_size_ml")
+    denom = max(float(p_hat.detach()), p_t)
+    e = (p_t - p_hat) / denom
+    ev = float(e.detach())
+    if ev > margin:
+        return torch.abs(e) - margin
+    if ev < -margin:
+        return torch.abs(e) + margin
+    return p_hat * 0.0  # zero, still attached to the graph
+
+
 def test_ti_loss_released_matches_hand_values():
     # e = (p_t - p_hat) / max(p_hat, p_t); m = 0.3
     assert ti_loss_released(torch.tensor(0.05), 0.1).item() == pytest.approx(0.5 - 0.3)  # e = +0.5
@@ -74,6 +99,18 @@ def test_ti_loss_released_matches_hand_values():
     q = torch.tensor(0.09, requires_grad=True)
     ti_loss_released(q, 0.1).backward()  # zero, still differentiable
     assert q.grad.item() == 0.0
+
+
+
+def test_ti_loss_is_symmetric_about_its_band_where_the_released_variant_is_not():
+    """Why edgeseg trains with `ti_loss`: 20 mL beyond either edge of the band costs the same; the release's
+    penalty charges over-segmentation 2m more (and is zero only inside a band it sets on the ratio)."""
+    S = 100.0
+    for s_hat in (90.0, 100.0, 110.0):
+        assert ti_loss(torch.tensor(s_hat), S).item() == 0.0 and ti_loss_released(torch.tensor(s_hat), S).item() == 0.0
+    assert ti_loss(torch.tensor(50.0), S).item() == pytest.approx(ti_loss(torch.tensor(150.0), S).item())
+    under, over = ti_loss_released(torch.tensor(50.0), S).item(), ti_loss_released(torch.tensor(150.0), S).item()
+    assert under == pytest.approx(0.5 - 0.3) and over == pytest.approx(1 / 3 + 0.3) and over > under + 0.4
 
 
 # --- target size -----------------------------------------------------------------------------------
