@@ -164,7 +164,7 @@ def bench_windows(folder: str | Path, kind: str = "trunk", *, backends: str | Se
         from edgeseg.runtime.availability import probe_backends
 
         statuses = {s.name: s for s in probe_backends()}
-    rows_plan = plan(kind, manifest.record, configs, statuses, batches, folder=folder)
+    rows_plan = plan(kind, manifest, configs, statuses, batches, folder=folder)
     flops, notes = count_flops(folder, manifest)
     per_window = flops["per_window"] if flops else None
 
@@ -200,7 +200,7 @@ def bench_windows(folder: str | Path, kind: str = "trunk", *, backends: str | Se
         ref_dirs: dict[int, Path] = {}
         ref: BenchConfig | None = None
         reference: dict = {"config": None, "runs": {}, "tried": []}
-        for cand in reference_candidates(kind, statuses, manifest.record, folder):
+        for cand in reference_candidates(kind, statuses, manifest, folder):
             reference["tried"].append(cand.name)
             max_batch = summary["max_batch"] if cand.backend != "torch" else max(batches)
             runs_of: dict[str, dict] = {}
