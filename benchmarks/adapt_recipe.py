@@ -53,18 +53,19 @@ def _heldout_dice(trunk_dir: Path, adapter_dir: Path, heldout: list[Path], organ
     from safetensors.torch import load_file
 
     from edgeseg.adapters import build_adapter
-    from edgeseg.runtime.manifest import read_manifest
-    from edgeseg.runtime.preprocess import PreprocessSpec, preprocess
+    from edgeseg.runtime.artifacts.adapter import AdapterManifest
+    from edgeseg.runtime.artifacts.trunk import TrunkManifest
+    from edgeseg.runtime.preprocess import preprocess
     from edgeseg.runtime.trunk import open_trunk
     from edgeseg.train.adapt import predict_features
     from edgeseg.train.losses import dice_score
 
-    m = read_manifest(adapter_dir, "adapter")
-    adapter = build_adapter(m["adapter"], feature_size=m["feature_size"])
-    adapter.load_state_dict(load_file(str(adapter_dir / "adapter.safetensors")))
+    m = AdapterManifest.from_folder(adapter_dir)
+    adapter = build_adapter(m.adapter, feature_size=m.feature_size)
+    adapter.load_state_dict(load_file(str(adapter_dir / AdapterManifest.WEIGHTS)))
     adapter.eval()
     torch.set_num_threads(threads)
-    spec = PreprocessSpec.from_dict(read_manifest(trunk_dir, "trunk", verify_files=False)["model_spec"]["preprocess"])
+    spec = TrunkManifest.from_folder(trunk_dir, verify_files=False).preprocess
     out = []
     with open_trunk(trunk_dir, backend="ort", threads=threads) as trunk:
         for case in heldout:

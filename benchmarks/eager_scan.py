@@ -41,12 +41,11 @@ def _prepare(path: Path, spec):
 
 def run_one(mode: str, engine_dir: Path, scan: Path, mask_out: Path, threads: int, backend: str,
             precision: str) -> dict:
-    from edgeseg.runtime.engine import read_engine_manifest
+    from edgeseg.runtime.artifacts.engine import EngineManifest
     from edgeseg.runtime.host import peak_rss_gib
-    from edgeseg.runtime.preprocess import PreprocessSpec
 
-    manifest = read_engine_manifest(engine_dir)
-    spec = PreprocessSpec.from_dict(manifest["preprocess"])
+    manifest = EngineManifest.from_folder(engine_dir)
+    spec = manifest.preprocess
     t_load = time.perf_counter()
     if mode == "eager":
         import torch
@@ -54,21 +53,21 @@ def run_one(mode: str, engine_dir: Path, scan: Path, mask_out: Path, threads: in
         from safetensors.torch import load_file
 
         from edgeseg.adapters import build_adapter
-        from edgeseg.model.checkpoint import load_checkpoint
-        from edgeseg.model.spec import ModelSpec
+        from edgeseg.model.checkpoint import load_exported_checkpoint
         from edgeseg.model.swinunetr import split
-        from edgeseg.runtime.manifest import read_manifest
+        from edgeseg.runtime.artifacts.adapter import AdapterManifest
+        from edgeseg.runtime.artifacts.trunk import TrunkManifest
 
         torch.set_num_threads(threads)
-        trunk_manifest = read_manifest(Path(manifest["trunk"]["folder"]), "trunk", verify_files=False)
-        model, _, _ = load_checkpoint(Path(trunk_manifest["checkpoint"]["path"]),
-                                      ModelSpec.from_dict(trunk_manifest["model_spec"]), allow_partial=True)
-        trunk, _ = split(model.eval(), trunk_manifest["cut"])
-        (adapter,) = manifest["adapters"]
-        a_dir = Path(adapter["folder"])
-        a_manifest = read_manifest(a_dir, "adapter", verify_files=False)
-        head = build_adapter(a_manifest["adapter"], feature_size=int(a_manifest["feature_size"]))
-        head.load_state_dict(load_file(str(a_dir / "adapter.safetensors")))
+        trunk_dir = Path(manifest.trunk.folder)
+        trunk_manifest = TrunkManifest.from_folder(trunk_dir, verify_files=False)
+        model = load_exported_checkpoint(trunk_manifest, trunk_dir, needed_for="the eager baseline rebuilds the trunk")
+        trunk, _ = split(model, trunk_manifest.cut)
+        (adapter,) = manifest.adapters
+        a_dir = Path(adapter.folder)
+        a_manifest = AdapterManifest.from_folder(a_dir, verify_files=False)
+        head = build_adapter(a_manifest.adapter, feature_size=a_manifest.feature_size)
+        head.load_state_dict(load_file(str(a_dir / AdapterManifest.WEIGHTS)))
         trunk.eval(), head.eval()
 
         def net(x):

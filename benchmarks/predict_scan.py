@@ -43,7 +43,9 @@ def main() -> int:
     from edgeseg.model.checkpoint import save_checkpoint
     from edgeseg.model.spec import ModelSpec
     from edgeseg.model.swinunetr import build_swinunetr
-    from edgeseg.runtime.manifest import host_description, library_versions, read_manifest
+    from edgeseg.runtime.artifacts.adapter import AdapterIO, AdapterManifest
+    from edgeseg.runtime.artifacts.trunk import TrunkManifest
+    from edgeseg.runtime.manifest import host_description, library_versions
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="edgeseg-predict-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -54,13 +56,14 @@ def main() -> int:
     trunk = work / "trunk"
     if not (trunk / "manifest.json").exists():
         export_trunk(ckpt, trunk, precisions=("fp32",), threads=args.threads, log=print)
-    trunk_manifest = read_manifest(trunk, "trunk", verify_files=False)
+    trunk_manifest = TrunkManifest.from_folder(trunk, verify_files=False)
     adapter_dir = work / "adapter"
     if not (adapter_dir / "manifest.json").exists():
-        body = {"adapter": "lp", "organ": "liver", "cut": "decoder1", "init": {"block": "random", "head": "random"},
-                "trainable_params": args.feature_size + 1, "feature_size": args.feature_size,
-                "trunk_manifest_sha256": trunk_manifest["manifest_sha256"], "note": "untrained: for timing only",
-                "io": {"inputs": ["features"], "output": "logits"}}
+        body = AdapterManifest(adapter="lp", organ="liver", cut="decoder1", feature_size=args.feature_size,
+                               trunk_manifest_sha256=trunk_manifest.record["manifest_sha256"],
+                               io=AdapterIO(("features",)),
+                               extra={"init": {"block": "random", "head": "random"},
+                                      "trainable_params": args.feature_size + 1, "note": "untrained: for timing only"})
         save_adapter(build_adapter("lp", feature_size=args.feature_size), adapter_dir, body, force=True)
     engine = work / "engine"
     if not (engine / "manifest.json").exists():

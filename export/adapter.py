@@ -13,18 +13,17 @@ exercised too.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from pathlib import Path
 
 import numpy as np
 
 from edgeseg.export.parity import ParityReport, compare
+from edgeseg.runtime.artifacts.adapter import AdapterManifest
 from edgeseg.runtime.atomic import atomic_path, unlink_own
 from edgeseg.runtime.errors import InputError
-from edgeseg.runtime.manifest import write_manifest
 
-ADAPTER_KIND = "adapter"
-WEIGHTS = "adapter.safetensors"
-GRAPH = "adapter.onnx"
+WEIGHTS, GRAPH = AdapterManifest.WEIGHTS, AdapterManifest.GRAPH
 OUTPUT = "logits"
 HALF_RESOLUTION = ("dec0",)  # trunk outputs at half the window's resolution (the pre-decoder1 cut's second)
 
@@ -81,21 +80,22 @@ def check_adapter_graph(adapter, names: list[str], channels: int, path: Path) ->
                    backend="ort-cpu", precision="fp32")
 
 
-def save_adapter(adapter, out: str | Path, body: dict, *, force: bool = False) -> dict:
-    """Write weights, graph (parity-checked) and manifest into `out`; returns the manifest."""
+def save_adapter(adapter, out: str | Path, manifest: AdapterManifest, *, force: bool = False) -> AdapterManifest:
+    """Write weights, graph (parity-checked) and `manifest` (its graph's parity added) into `out`; returns the
+    manifest as written."""
     from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    names, channels = body["io"]["inputs"], body["feature_size"]
+    names, channels = list(manifest.io.inputs), manifest.feature_size
     try:
         with atomic_path(out / WEIGHTS, force=True) as tmp:
             save_file({k: v.detach().contiguous() for k, v in adapter.state_dict().items()}, str(tmp))
         export_adapter_onnx(adapter, names, channels, out / GRAPH)
         report = check_adapter_graph(adapter, names, channels, out / GRAPH)
         report.raise_if_failed(fix="the adapter graph differs from the torch adapter; report the numbers")
-        body = {**body, "graph_parity": report.to_dict()}
-        return write_manifest(out, ADAPTER_KIND, body, [WEIGHTS, GRAPH], force=True)
+        manifest = dataclasses.replace(manifest, extra={**manifest.extra, "graph_parity": report.to_dict()})
+        return manifest.write(out, [WEIGHTS, GRAPH])
     except BaseException:
         for name in (WEIGHTS, GRAPH, "manifest.json"):  # an adapter folder is complete or holds none of it
             with contextlib.suppress(OSError, InputError):

@@ -23,72 +23,54 @@ import numpy as np
 from edgeseg.export.parity import ParityReport
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.lock import locks_output
-from edgeseg.runtime.manifest import (
-    OWN_FILES,
-    claim_output,
-    content_hash,
-    read_manifest,
-    sha256_file,
-    write_manifest,
-)
+from edgeseg.runtime.artifacts.adapter import AdapterManifest
+from edgeseg.runtime.artifacts.engine import AdapterRef, EngineManifest, TrunkRef
+from edgeseg.runtime.artifacts.graphs import GraphIO
+from edgeseg.runtime.artifacts.trunk import TrunkManifest
 from edgeseg.runtime.support import GRAPH_PRECISIONS, check_graph_precisions
 
-__all__ = ["ENGINE_KIND", "fuse", "fuse_graphs", "graph_name", "output_name"]
+__all__ = ["fuse", "fuse_graphs"]
 
-ENGINE_KIND = "engine"
 INPUT_NAME = "image"
-ADAPTER_GRAPH = "adapter.onnx"
-ADAPTER_WEIGHTS = "adapter.safetensors"
-REBUILD = "edgeseg fuse TRUNK ADAPTER... --out DIR"
 Log = Callable[[str], None]
-
-
-def graph_name(precision: str) -> str:
-    return f"fused.{precision}.onnx"
-
-
-def output_name(organ: str) -> str:
-    return f"prob_{organ}"
 
 
 # --- checks ---------------------------------------------------------------------------------------
 
 
-def _read_inputs(trunk_dir: Path, adapter_dirs: Sequence[Path]) -> tuple[dict, str, list[dict]]:
-    from edgeseg.runtime.trunk import read_trunk_manifest
-
-    trunk = read_trunk_manifest(trunk_dir)
-    trunk_hash = content_hash(trunk)
+def _read_inputs(trunk_dir: Path, adapter_dirs: Sequence[Path]) -> tuple[TrunkManifest, list[dict]]:
+    trunk = TrunkManifest.from_folder(trunk_dir)
+    trunk_hash = trunk.sha256
     if not adapter_dirs:
         raise InputError("no adapter given: an engine fuses the trunk with at least one adapter",
                          fix="pass one or more adapter folders (edgeseg adapt ... --out DIR)")
     adapters: list[dict] = []
     seen: dict[str, Path] = {}
     for folder in adapter_dirs:
-        m = read_manifest(folder, "adapter", rebuild="edgeseg adapt CACHE --out DIR")
-        made_by = m.get("trunk_manifest_sha256")
+        m = AdapterManifest.from_folder(folder)
+        made_by = m.trunk_manifest_sha256
         if made_by != trunk_hash:
             raise InputError(
                 f"the adapter was trained on features of trunk manifest {str(made_by)[:12]}, but the trunk "
                 f"{trunk_dir} has manifest {trunk_hash[:12]}: its weights do not fit this trunk", path=folder,
                 fix="re-adapt on a cache built with this trunk (edgeseg cache ... ; edgeseg adapt ...), "
                     "or fuse with the trunk the adapter was trained on")
-        if m.get("cut") != trunk["cut"]:
-            raise InputError(f"the adapter takes the {m.get('cut')!r} cut, the trunk was exported at {trunk['cut']!r}",
+        if m.cut != trunk.cut:
+            raise InputError(f"the adapter takes the {m.cut!r} cut, the trunk was exported at {trunk.cut!r}",
                              path=folder, fix="fuse adapters with a trunk exported at their cut")
-        organ = m.get("organ")
+        organ = m.organ
         if not organ:
             raise InputError("the adapter manifest names no organ", path=folder, fix="re-adapt it with this edgeseg")
         if organ in seen:
             raise InputError(f"two adapters for organ {organ!r}: {seen[organ]} and {folder}", path=folder,
                              fix="pass one adapter per organ")
         seen[organ] = Path(folder)
-        inputs = list((m.get("io") or {}).get("inputs") or [])
-        if inputs != list(trunk["io"]["outputs"]):
-            raise InputError(f"the adapter takes inputs {inputs}, the trunk outputs {trunk['io']['outputs']}",
+        inputs = list(m.io.inputs)
+        if inputs != list(trunk.io.outputs):
+            raise InputError(f"the adapter takes inputs {inputs}, the trunk outputs {list(trunk.io.outputs)}",
                              path=folder, fix="re-adapt on a cache built with this trunk")
         adapters.append({"folder": Path(folder), "manifest": m, "organ": organ})
-    return trunk, trunk_hash, adapters
+    return trunk, adapters
 
 
 # --- graph surgery --------------------------------------------------------------------------------
@@ -165,7 +147,7 @@ def fuse_graphs(trunk_model, adapters: Sequence[tuple[str, object]]):
                 vi.name = ren(vi.name)
                 g.value_info.append(vi)
         logits = ren(a.graph.output[0].name)
-        prob = output_name(organ)
+        prob = EngineManifest.output_name(organ)
         clash = {prob, logits} & taken
         if clash:
             raise InputError(f"fused names {sorted(clash)} clash with names in the trunk graph",
@@ -198,36 +180,25 @@ def _spatial(trunk_model) -> list[int]:
 # --- parity reference -----------------------------------------------------------------------------
 
 
-def _torch_reference(trunk_dir: Path, trunk: dict, adapters: list[dict], inputs: dict) -> dict:
+def _torch_reference(trunk_dir: Path, trunk: TrunkManifest, adapters: list[dict], inputs: dict) -> dict:
     """PyTorch fp32: trunk split at the cut from the recorded checkpoint + torch adapters + sigmoid."""
     import torch
     from edgeseg.export.trunk import torch_outputs
     from safetensors.torch import load_file
 
     from edgeseg.adapters import build_adapter
-    from edgeseg.model.checkpoint import load_checkpoint
-    from edgeseg.model.spec import ModelSpec
+    from edgeseg.model.checkpoint import load_exported_checkpoint
     from edgeseg.model.swinunetr import split
 
-    ckpt = trunk.get("checkpoint") or {}
-    path = Path(ckpt.get("path", ""))
-    if not ckpt.get("path") or not path.is_file():
-        raise InputError(f"parity of the fused graph needs the trunk's checkpoint, which is not at {str(path)!r}",
-                         path=trunk_dir, fix="put the checkpoint the trunk was exported from back at that path")
-    if sha256_file(path) != ckpt.get("sha256"):
-        raise InputError("the checkpoint differs from the one the trunk was exported from (sha256)", path=path,
-                         fix="restore the original checkpoint, or re-export the trunk and re-adapt")
-    model, _, _ = load_checkpoint(path, ModelSpec.from_dict(trunk["model_spec"]), allow_partial=True)
-    model.eval()
-    trunk_module, _ = split(model, trunk["cut"])
+    model = load_exported_checkpoint(trunk, trunk_dir, needed_for="parity of the fused graph needs the trunk's checkpoint")
+    trunk_module, _ = split(model, trunk.cut)
     features = torch_outputs(trunk_module.eval(), inputs)
     modules = []
     for a in adapters:
         m = a["manifest"]
-        kind = m["adapter"]
-        module = build_adapter(kind, feature_size=int(m["feature_size"]),
-                               pretrained=model if kind == "ft-last" else None)
-        module.load_state_dict(load_file(str(a["folder"] / ADAPTER_WEIGHTS)))
+        module = build_adapter(m.adapter, feature_size=m.feature_size,
+                               pretrained=model if m.adapter == "ft-last" else None)
+        module.load_state_dict(load_file(str(a["folder"] / AdapterManifest.WEIGHTS)))
         modules.append(module.eval())
     reference = {}
     with torch.inference_mode():
@@ -278,10 +249,10 @@ def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | P
         if "fp16" not in precisions:
             raise InputError("--tensorrt builds from the fused fp16 graph", fix="add fp16 to --precision")
         require("tensorrt", "TensorRT")  # BackendUnavailable with the install hint, before any work
-    claim_output(out, ENGINE_KIND, force=force, ignore=OWN_FILES, dry_run=True)  # only an edgeseg engine is replaced
-    trunk, trunk_hash, adapters = _read_inputs(trunk_dir, adapter_dirs)
-    claim_output(out, ENGINE_KIND, force=force, ignore=OWN_FILES)
-    present = [p for p in precisions if p in (trunk.get("graphs") or {})]
+    EngineManifest.claim(out, force=force, dry_run=True)  # only an edgeseg engine is replaced
+    trunk, adapters = _read_inputs(trunk_dir, adapter_dirs)
+    EngineManifest.claim(out, force=force)
+    present = [p for p in precisions if p in trunk.graphs]
     for p in precisions:
         if p not in present:
             log(f"the trunk has no {p} graph: no fused {p} graph")
@@ -296,19 +267,19 @@ def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | P
     organs = [a["organ"] for a in adapters]
 
     t0 = time.perf_counter()
-    model_spec = ModelSpec.from_dict(trunk["model_spec"])
+    model_spec = ModelSpec.from_dict(dict(trunk.model_spec))
     inputs = parity_inputs(model_spec)
     reference = _torch_reference(trunk_dir, trunk, adapters, inputs)
     timings["parity_reference"] = time.perf_counter() - t0
 
-    adapter_models = [(a["organ"], onnx.load(str(a["folder"] / ADAPTER_GRAPH))) for a in adapters]
+    adapter_models = [(a["organ"], onnx.load(str(a["folder"] / AdapterManifest.GRAPH))) for a in adapters]
     graphs: dict[str, dict] = {}
     files: list[Path] = []
     for precision in present:
         t0 = time.perf_counter()
-        src = trunk_dir / trunk["graphs"][precision]["file"]
+        src = trunk_dir / trunk.graphs[precision]["file"]
         fused = fuse_graphs(onnx.load(str(src)), adapter_models)
-        path = out / graph_name(precision)
+        path = out / EngineManifest.graph_name(precision)
         log(f"fusing {src.name} with {len(adapters)} adapter(s) ({', '.join(organs)}) -> {path.name} ...")
         data = save_ir_model(ir.serde.deserialize_model(fused), path, force=force)
         del fused
@@ -329,30 +300,28 @@ def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | P
         engines = _build_tensorrt(out, trunk_dir, trunk, inputs, reference, log, force, timings)
         files += [out / e["file"] for e in engines.values()]
 
-    body = {
-        "organs": organs,
-        "trunk": {"folder": str(trunk_dir.resolve()), "manifest_sha256": trunk_hash},
-        "adapters": [{"organ": a["organ"], "adapter": a["manifest"]["adapter"], "folder": str(a["folder"].resolve()),
-                      "manifest_sha256": content_hash(a["manifest"])} for a in adapters],
-        "cut": trunk["cut"],
-        "model_spec": trunk["model_spec"],
-        "export_spec": trunk.get("export_spec"),
-        "preprocess": trunk["preprocess"],
-        "preprocess_sha256": trunk.get("preprocess_sha256"),
-        "window": list(model_spec.window),
-        "io": {"input": INPUT_NAME, "outputs": [output_name(o) for o in organs]},
-        "graphs": graphs,
-        "engines": engines,
-        "parity_inputs": sorted(inputs),
-        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-    }
-    return write_manifest(out, ENGINE_KIND, body, [f.relative_to(out) for f in files], force=True)
+    manifest = EngineManifest(
+        organs=tuple(organs),
+        trunk=TrunkRef(str(trunk_dir.resolve()), trunk.sha256),
+        adapters=tuple(AdapterRef(a["organ"], a["manifest"].adapter, str(a["folder"].resolve()), a["manifest"].sha256)
+                       for a in adapters),
+        cut=trunk.cut,
+        model_spec=trunk.model_spec,
+        export_spec=trunk.export_spec,
+        preprocess=trunk.preprocess,
+        preprocess_sha256=trunk.preprocess_sha256,
+        window=tuple(model_spec.window),
+        io=GraphIO(INPUT_NAME, tuple(EngineManifest.output_name(o) for o in organs)),
+        graphs=graphs,
+        engines=engines,
+        extra={"parity_inputs": sorted(inputs), "timings_seconds": {k: round(v, 3) for k, v in timings.items()}},
+    )
+    return dict(manifest.write(out, [f.relative_to(out) for f in files]).record)
 
 
-def _build_tensorrt(out: Path, trunk_dir: Path, trunk: dict, inputs, reference, log: Log, force: bool,
+def _build_tensorrt(out: Path, trunk_dir: Path, trunk: TrunkManifest, inputs, reference, log: Log, force: bool,
                     timings: dict) -> dict:
     from edgeseg.export.trunk import build_checked_engine
 
-    max_batch = int((trunk.get("export_spec") or {}).get("max_batch") or 1)
-    return build_checked_engine(out, out / graph_name("fp16"), max_batch, inputs, reference, _masks, log, force,
+    return build_checked_engine(out, out / EngineManifest.graph_name("fp16"), trunk.max_batch, inputs, reference, _masks, log, force,
                                 timings, stem="fused", timing_cache_dir=trunk_dir)

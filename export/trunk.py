@@ -19,15 +19,12 @@ from edgeseg.export.parity import ParityReport, compare
 from edgeseg.runtime.atomic import unlink_own, write_text_atomic
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.lock import locks_output
-from edgeseg.runtime.manifest import OWN_FILES, claim_output, sha256_file, write_manifest
+from edgeseg.runtime.artifacts.graphs import GraphIO
+from edgeseg.runtime.artifacts.trunk import CheckpointRef, TrunkManifest
+from edgeseg.runtime.manifest import sha256_file
 from edgeseg.runtime.support import GRAPH_PRECISIONS, check_graph_precisions
 
-TRUNK_KIND = "trunk"
 Log = Callable[[str], None]
-
-
-def graph_name(precision: str) -> str:
-    return f"trunk.{precision}.onnx"
 
 
 # --- parity inputs and references ---------------------------------------------------------------
@@ -143,13 +140,13 @@ def export_trunk(
     if tensorrt and "fp16" not in precisions:
         raise InputError("--tensorrt builds from the mixed fp16 graph", fix="add fp16 to --precision")
     out = Path(out)
-    claim_output(out, TRUNK_KIND, force=force, ignore=OWN_FILES, dry_run=True)  # only an edgeseg trunk is replaced
+    TrunkManifest.claim(out, force=force, dry_run=True)  # only an edgeseg trunk is replaced
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
     t0 = time.perf_counter()
     model, model_spec, load_report = load_checkpoint(checkpoint, spec, allow_partial=allow_partial)
-    claim_output(out, TRUNK_KIND, force=force, ignore=OWN_FILES)  # the checkpoint is good: the old trunk goes
+    TrunkManifest.claim(out, force=force)  # the checkpoint is good: the old trunk goes
     ckpt_sha = sha256_file(checkpoint)
     timings["load_checkpoint"] = time.perf_counter() - t0
     log(load_report.summary())
@@ -169,7 +166,7 @@ def export_trunk(
 
     graphs: dict[str, dict] = {}
     files: list[Path] = []
-    fp32_path = out / graph_name("fp32")
+    fp32_path = out / TrunkManifest.graph_name("fp32")
     log(f"exporting {cut} trunk to ONNX ({export_spec.window}, batch 1..{max_batch}) ...")
     result = export_trunk_onnx(trunk, export_spec, fp32_path, force=force)
     timings["export_fp32"] = result.seconds
@@ -179,7 +176,7 @@ def export_trunk(
             path, these, meta = result.path, fp32_files, result.to_dict()
         else:
             t0 = time.perf_counter()
-            fp16 = to_mixed_fp16(fp32_path, out / graph_name("fp16"), force=force)
+            fp16 = to_mixed_fp16(fp32_path, out / TrunkManifest.graph_name("fp16"), force=force)
             timings["convert_fp16"] = time.perf_counter() - t0
             path = Path(fp16.path)
             these = [path] + ([Path(fp16.data_path)] if getattr(fp16, "data_path", None) else [])
@@ -198,24 +195,23 @@ def export_trunk(
 
     engines = {}
     if tensorrt:
-        engines = build_checked_engine(out, out / graph_name("fp16"), max_batch, inputs, reference, masks, log, force,
+        engines = build_checked_engine(out, out / TrunkManifest.graph_name("fp16"), max_batch, inputs, reference, masks, log, force,
                                        timings)
         files += [out / e["file"] for e in engines.values()]
 
-    body = {
-        "checkpoint": {"path": str(Path(checkpoint).resolve()), "sha256": ckpt_sha, "load_report": load_report.to_dict()},
-        "model_spec": model_spec.to_dict(),
-        "export_spec": export_spec.to_dict(),
-        "preprocess": model_spec.preprocess.to_dict(),
-        "preprocess_sha256": model_spec.preprocess.sha256(),
-        "cut": cut,
-        "io": {"input": "image", "outputs": list(export_spec.output_names)},
-        "graphs": graphs,
-        "engines": engines,
-        "parity_inputs": sorted(inputs),
-        "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-    }
-    return write_manifest(out, TRUNK_KIND, body, [f.relative_to(out) for f in files], force=True)
+    manifest = TrunkManifest(
+        checkpoint=CheckpointRef(str(Path(checkpoint).resolve()), ckpt_sha, load_report.to_dict()),
+        model_spec=model_spec.to_dict(),
+        export_spec=export_spec.to_dict(),
+        preprocess=model_spec.preprocess,
+        preprocess_sha256=model_spec.preprocess.sha256(),
+        cut=cut,
+        io=GraphIO("image", tuple(export_spec.output_names)),
+        graphs=graphs,
+        engines=engines,
+        extra={"parity_inputs": sorted(inputs), "timings_seconds": {k: round(v, 3) for k, v in timings.items()}},
+    )
+    return dict(manifest.write(out, [f.relative_to(out) for f in files]).record)
 
 
 def _relative(meta: dict, out: Path) -> dict:

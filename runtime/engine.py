@@ -16,61 +16,32 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from edgeseg.runtime.artifact import OpenedArtifact, check_choices, open_on_backend
+from edgeseg.runtime.artifacts.engine import EngineManifest
+from edgeseg.runtime.artifacts.opened import OpenedArtifact
 from edgeseg.runtime.errors import InputError
-from edgeseg.runtime.manifest import content_hash, read_manifest
-from edgeseg.runtime.preprocess import PreprocessSpec
 
-__all__ = ["ENGINE_KIND", "Engine", "open_engine", "read_engine_manifest"]
-
-ENGINE_KIND = "engine"
-REBUILD = "edgeseg fuse TRUNK ADAPTER... --out DIR"
-
-
-def read_engine_manifest(folder: str | Path, *, verify_files: bool = True) -> dict:
-    """The engine's manifest, checked (kind, self-hash, files) and sanity-checked for what the runtime reads."""
-    folder = Path(folder)
-    manifest = read_manifest(folder, ENGINE_KIND, verify_files=verify_files, rebuild=REBUILD)
-    path = folder / "manifest.json"
-    missing = [k for k in ("organs", "graphs", "preprocess", "io", "window") if k not in manifest]
-    if missing:
-        raise InputError(f"lacks {', '.join(missing)}: not an engine manifest this edgeseg can read", path=path,
-                         fix=f"fuse again: {REBUILD}")
-    spec = PreprocessSpec.from_dict(manifest["preprocess"])
-    recorded = manifest.get("preprocess_sha256")
-    if recorded is not None and recorded != spec.sha256():
-        raise InputError("its preprocessing spec does not match the hash recorded beside it", path=path,
-                         fix=f"fuse again: {REBUILD}")
-    if list(manifest["io"].get("outputs") or []) != [f"prob_{o}" for o in manifest["organs"]]:
-        raise InputError("its outputs do not match its organs", path=path, fix=f"fuse again: {REBUILD}")
-    return manifest
+__all__ = ["Engine", "open_engine"]
 
 
 class Engine(OpenedArtifact):
     """An opened fused engine: manifest, preprocessing, organs and an active backend.
 
-    Build with `open_engine`. The constructor takes any active-able `Backend` (tests pass stand-ins).
+    Build with `open_engine`; the constructor (`OpenedArtifact`'s) takes any active-able `Backend`
+    (tests pass stand-ins).
     """
 
-    def __init__(self, folder: str | Path | None, manifest: dict, backend, *, precision: str, reason: str = ""):
-        self.folder = None if folder is None else Path(folder)
-        self.manifest = manifest
-        self.manifest_hash = content_hash(manifest)
-        self.organs: tuple[str, ...] = tuple(manifest["organs"])
-        self.output_names: tuple[str, ...] = tuple(manifest["io"]["outputs"])
-        self.cut = manifest.get("cut")
-        self.preprocess = PreprocessSpec.from_dict(manifest["preprocess"])
-        self.window: tuple[int, int, int] = tuple(int(w) for w in manifest["window"])  # type: ignore[assignment]
-        self.graph_precision = precision
-        self.max_batch = int((manifest.get("export_spec") or {}).get("max_batch") or 1)
-        self.in_channels = int((manifest.get("model_spec") or {}).get("in_channels") or 1)
-        self.backend = backend.activate()
-        self.reason = reason
+    MANIFEST = EngineManifest
+    manifest: EngineManifest
+
+    @property
+    def organs(self) -> tuple[str, ...]:
+        return self.manifest.organs
+
+    def check_outputs(self) -> None:
         outputs = getattr(self.backend, "outputs", None) or []
         if outputs and [o.name for o in outputs] != list(self.output_names):
             raise InputError(f"the graph has outputs {[o.name for o in outputs]}, the manifest lists "
-                             f"{list(self.output_names)}", path=self.folder, fix=f"fuse again: {REBUILD}")
-
+                             f"{list(self.output_names)}", path=self.folder, fix=self.manifest.fix())
 
     def check_window(self) -> None:
         """Refuse an engine whose graph takes another window than its manifest says (before any scan is read)."""
@@ -83,7 +54,7 @@ class Engine(OpenedArtifact):
             raise InputError(
                 f"its graph takes input {inputs[0].name!r} of shape {got}, but its manifest's window is {self.window} "
                 "(the graph was replaced or exported for another spec)", path=self.folder,
-                fix=f"fuse the engine again from its trunk and adapters ({REBUILD})")
+                fix=f"fuse the engine again from its trunk and adapters ({EngineManifest.REBUILD})")
 
     def probabilities(self, volume_chw: np.ndarray, *, overlap: float = 0.25, batch_size: int = 1,
                       progress: Callable[[int, int], None] | None = None, stats: dict | None = None,
@@ -111,7 +82,7 @@ class Engine(OpenedArtifact):
                               reuse_blank=reuse_blank)
         if len(outs) != len(self.organs):
             raise InputError(f"the graph returned {len(outs)} outputs for {len(self.organs)} organs",
-                             path=self.folder, fix=f"fuse again: {REBUILD}")
+                             path=self.folder, fix=self.manifest.fix())
         return np.concatenate([np.asarray(o, dtype=np.float32) for o in outs], axis=0)
 
 
@@ -129,13 +100,5 @@ def open_engine(folder: str | Path, *, backend: str = "auto", precision: str | N
     (the plan's fp16 for "tensorrt"), any graph for "auto" (fp16 on GPU candidates only); "fp32" /
     "fp16": that graph only; "bf16": OpenVINO in bf16 on the fp32 graph.
     """
-    folder = Path(folder)
-    key, precision = check_choices(backend, precision)
-    manifest = read_engine_manifest(folder)
-    made, graph, reason = open_on_backend(folder, manifest, key, precision, threads=threads, device=device,
-                                          cache_dir=cache_dir, rebuild=REBUILD)
-    try:
-        return Engine(folder, manifest, made, precision=graph, reason=reason)
-    except BaseException:
-        made.deactivate()
-        raise
+    return Engine.open(folder, backend=backend, precision=precision, threads=threads, device=device,
+                       cache_dir=cache_dir)

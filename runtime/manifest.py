@@ -52,9 +52,11 @@ def _canonical(d: dict) -> bytes:
     return json.dumps(d, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
-def content_hash(manifest: dict) -> str:
-    """Hash of the manifest without its self-hash: what a consumer records to name its input."""
-    return hashlib.sha256(_canonical({k: v for k, v in manifest.items() if k != SELF_HASH_KEY})).hexdigest()
+def content_hash(manifest) -> str:
+    """Hash of the manifest (its JSON, or a manifest class's `record`) without its self-hash: what a consumer
+    records to name its input."""
+    record = getattr(manifest, "record", manifest)
+    return hashlib.sha256(_canonical({k: v for k, v in record.items() if k != SELF_HASH_KEY})).hexdigest()
 
 
 def library_versions() -> dict[str, str | None]:

@@ -3,7 +3,7 @@
 `open_trunk(folder)` reads the trunk's `manifest.json` (written last by `edgeseg export`; its
 self-hash and every file's sha256 are checked), picks the graph or engine for the precision asked
 for, opens a backend (one by name, or the "auto" choice of `choose_backend`, which says what ran and
-why) and returns a `Trunk`. `Trunk.features(volume, box)` runs the one sliding window of
+why) and returns an `OpenedTrunk`. `OpenedTrunk.features(volume, box)` runs the one sliding window of
 `edgeseg.runtime.sliding_window` over a preprocessed volume (or a box of it) and returns the
 trunk's outputs: ``(features,)`` for the ``decoder1`` cut, ``(enc0, dec0)`` for ``pre-decoder1``,
 ``dec0`` at half resolution (windows and regions are aligned to even voxels so the half-resolution
@@ -20,87 +20,50 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from edgeseg.runtime.artifact import OpenedArtifact, check_choices, open_on_backend
+from edgeseg.runtime.artifacts.opened import OpenedArtifact
+from edgeseg.runtime.artifacts.trunk import TrunkManifest
 from edgeseg.runtime.errors import BackendUnavailable, InputError
-from edgeseg.runtime.manifest import content_hash, read_manifest, sha256_file
-from edgeseg.runtime.preprocess import PreprocessSpec
 
-__all__ = ["REBUILD", "Trunk", "open_trunk", "read_trunk_manifest"]
-
-TRUNK_KIND = "trunk"
-REBUILD = "edgeseg export CHECKPOINT --out DIR"
-CUT_ALIGN = {"decoder1": 1, "pre-decoder1": 2}  # the coarsest output's downsampling factor
+__all__ = ["OpenedTrunk", "open_trunk"]
 
 
-def read_trunk_manifest(folder: str | Path, *, verify_files: bool = True) -> dict:
-    """The trunk's manifest, checked (kind, self-hash, files) and sanity-checked for what the runtime reads."""
-    folder = Path(folder)
-    manifest = read_manifest(folder, TRUNK_KIND, verify_files=verify_files, rebuild=REBUILD)
-    path = folder / "manifest.json"
-    missing = [k for k in ("cut", "graphs", "preprocess", "io", "model_spec") if k not in manifest]
-    if missing:
-        raise InputError(f"lacks {', '.join(missing)}: not a trunk manifest this edgeseg can read", path=path,
-                         fix=f"re-export the trunk: {REBUILD}")
-    if manifest["cut"] not in CUT_ALIGN:
-        raise InputError(f"names an unknown cut point {manifest['cut']!r} (this edgeseg knows {', '.join(CUT_ALIGN)})",
-                         path=path, fix=f"re-export the trunk with this edgeseg: {REBUILD}")
-    spec = PreprocessSpec.from_dict(manifest["preprocess"])
-    recorded = manifest.get("preprocess_sha256")
-    if recorded is not None and recorded != spec.sha256():
-        raise InputError("its preprocessing spec does not match the hash recorded beside it", path=path,
-                         fix=f"re-export the trunk: {REBUILD}")
-    return manifest
-
-
-def _torch_module(folder: Path, manifest: dict):
+def _torch_module(folder: Path, manifest: TrunkManifest):
     """The trunk as a torch module, rebuilt from the checkpoint the manifest names (checked by sha256)."""
-    ckpt = manifest.get("checkpoint") or {}
-    path = Path(ckpt.get("path", ""))
-    if not ckpt.get("path") or not path.is_file():
-        raise InputError(f"the torch backend rebuilds the trunk from its checkpoint, which is not at {str(path)!r}",
-                         path=folder, fix="put the checkpoint the trunk was exported from back at that path, "
-                                          "or use --backend ort/openvino (they run the exported graph)")
-    if sha256_file(path) != ckpt.get("sha256"):
-        raise InputError("the checkpoint differs from the one this trunk was exported from (sha256)", path=path,
-                         fix=f"restore the original checkpoint, or re-export the trunk from this one ({REBUILD})")
     try:
-        from edgeseg.model.checkpoint import load_checkpoint
-        from edgeseg.model.spec import ModelSpec
+        from edgeseg.model.checkpoint import load_exported_checkpoint
         from edgeseg.model.swinunetr import split
     except ImportError as e:
         raise BackendUnavailable(f"the torch backend needs torch and MONAI ({e})",
                                  fix="pip install 'edgeseg[train]', or use --backend ort/openvino") from None
-    model, _, _ = load_checkpoint(path, ModelSpec.from_dict(manifest["model_spec"]), allow_partial=True)
-    trunk, _ = split(model, manifest["cut"])
+    model = load_exported_checkpoint(manifest, folder, needed_for="the torch backend rebuilds the trunk from its checkpoint",
+                                      otherwise="use --backend ort/openvino (they run the exported graph)")
+    trunk, _ = split(model, manifest.cut)
     return trunk.eval()
 
 
-class Trunk(OpenedArtifact):
-    """An opened trunk: its manifest, preprocessing, cut and an active backend; `features` runs it.
+class OpenedTrunk(OpenedArtifact):
+    """An opened trunk folder: its manifest, preprocessing, cut and an active backend; `features` runs it.
 
-    Build with `open_trunk`. The constructor takes any active-able `Backend` (tests pass stand-ins).
+    (Not `edgeseg.model.swinunetr.Trunk`, the torch module the graphs were exported from.) Build with
+    `open_trunk`; the constructor (`OpenedArtifact`'s) takes any active-able `Backend`.
     """
 
-    def __init__(self, folder: str | Path | None, manifest: dict, backend, *, precision: str, reason: str = ""):
-        self.folder = None if folder is None else Path(folder)
-        self.manifest = manifest
-        self.manifest_hash = content_hash(manifest)
-        self.cut: str = manifest["cut"]
-        self.preprocess = PreprocessSpec.from_dict(manifest["preprocess"])
-        self.window: tuple[int, int, int] = tuple(int(w) for w in self.preprocess.window)  # type: ignore[assignment]
-        self.output_names: tuple[str, ...] = tuple((manifest.get("io") or {}).get("outputs") or ())
-        self.align = CUT_ALIGN[self.cut]
-        self.graph_precision = precision  # the graph/engine picked: "fp32" or "fp16"
-        self.max_batch = int((manifest.get("export_spec") or {}).get("max_batch") or 1)
-        self.in_channels = int((manifest.get("model_spec") or {}).get("in_channels") or 1)
-        self.feature_size = (manifest.get("model_spec") or {}).get("feature_size")
-        self.backend = backend.activate()
-        self.reason = reason
+    MANIFEST = TrunkManifest
+    manifest: TrunkManifest
+
+    @property
+    def align(self) -> int:
+        return self.manifest.align
+
+    @property
+    def feature_size(self) -> int | None:
+        return self.manifest.feature_size
+
+    def check_outputs(self) -> None:
         if self.output_names and len(self.backend.outputs) not in (0, len(self.output_names)):
             got = [o.name for o in self.backend.outputs]
             raise InputError(f"the graph has outputs {got}, the manifest lists {list(self.output_names)}",
-                             path=self.folder, fix=f"re-export the trunk: {REBUILD}")
-
+                             path=self.folder, fix=self.manifest.fix())
 
     def features(self, volume_chw: np.ndarray, box: Sequence[slice] | None = None, *, overlap: float = 0.25,
                  batch_size: int = 1, progress: Callable[[int, int], None] | None = None,
@@ -134,13 +97,13 @@ class Trunk(OpenedArtifact):
 
 
     def __repr__(self) -> str:
-        return f"<Trunk {self.folder} cut={self.cut} window={self.window} ran={self.describe()!r}>"
+        return f"<OpenedTrunk {self.folder} cut={self.cut} window={self.window} ran={self.describe()!r}>"
 
 
 def open_trunk(folder: str | Path, *, backend: str = "auto", precision: str | None = None,
                threads: int | None = None, device: str | None = None,
-               cache_dir: str | Path | None = None) -> Trunk:
-    """Open the exported trunk in `folder` on `backend`; the returned `Trunk` is active (close it, or `with`).
+               cache_dir: str | Path | None = None) -> OpenedTrunk:
+    """Open the exported trunk in `folder` on `backend`; the returned `OpenedTrunk` is active (close it, or `with`).
 
     backend: "auto" (`choose_backend` over every artifact the folder holds, fastest usable first; bf16 is
     never picked automatically), or one of "ort", "openvino", "torch", "tensorrt" (no fallback).
@@ -149,15 +112,5 @@ def open_trunk(folder: str | Path, *, backend: str = "auto", precision: str | No
     `default_candidates` offers them). "fp32" / "fp16": that graph only (refused, naming what the
     folder has, when it is missing); "bf16": OpenVINO (or torch) in bf16 on the fp32 graph.
     """
-    folder = Path(folder)
-    key, precision = check_choices(backend, precision)
-    manifest = read_trunk_manifest(folder)
-
-    made, graph, reason = open_on_backend(folder, manifest, key, precision, threads=threads, device=device,
-                                          cache_dir=cache_dir, rebuild=REBUILD,
-                                          torch_module=lambda: _torch_module(folder, manifest))
-    try:
-        return Trunk(folder, manifest, made, precision=graph, reason=reason)
-    except BaseException:
-        made.deactivate()
-        raise
+    return OpenedTrunk.open(folder, backend=backend, precision=precision, threads=threads, device=device,
+                            cache_dir=cache_dir, torch_module=_torch_module)

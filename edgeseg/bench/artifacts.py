@@ -49,20 +49,22 @@ def random_engine(trunk: Path, out: Path, *, tensorrt: bool = False, threads: in
     from edgeseg.adapters import build_adapter
     from edgeseg.export.adapter import save_adapter
     from edgeseg.export.fuse import fuse
-    from edgeseg.runtime.manifest import read_manifest
+    from edgeseg.runtime.artifacts.adapter import AdapterIO, AdapterManifest
+    from edgeseg.runtime.artifacts.trunk import TrunkManifest
 
-    manifest = read_manifest(trunk, "trunk", verify_files=False)
-    fs = manifest["model_spec"]["feature_size"]
-    if manifest["cut"] != "decoder1":
+    manifest = TrunkManifest.from_folder(trunk, verify_files=False)
+    fs = manifest.feature_size
+    if manifest.cut != "decoder1":
         from edgeseg.runtime.errors import InputError
 
         raise InputError("the benchmark engine puts a linear probe on a decoder1 trunk", path=trunk,
                          fix="export the trunk with --cut decoder1")
     adapter_dir = out.parent / f"{out.name}-adapter"
     if not (adapter_dir / "manifest.json").exists():
-        body = {"adapter": "lp", "organ": "liver", "cut": "decoder1", "init": {"block": "random", "head": "random"},
-                "trainable_params": fs + 1, "feature_size": fs, "trunk_manifest_sha256": manifest["manifest_sha256"],
-                "note": "untrained: for timing only", "io": {"inputs": ["features"], "output": "logits"}}
+        body = AdapterManifest(adapter="lp", organ="liver", cut="decoder1", feature_size=fs,
+                               trunk_manifest_sha256=manifest.record["manifest_sha256"], io=AdapterIO(("features",)),
+                               extra={"init": {"block": "random", "head": "random"}, "trainable_params": fs + 1,
+                                      "note": "untrained: for timing only"})
         save_adapter(build_adapter("lp", feature_size=fs), adapter_dir, body, force=True)
     fuse(trunk, [adapter_dir], out, tensorrt=tensorrt, threads=threads, force=True, log=log)
     return out

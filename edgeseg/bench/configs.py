@@ -13,9 +13,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 from edgeseg.runtime.errors import InputError
+
+if TYPE_CHECKING:
+    from edgeseg.runtime.artifacts.graphs import GraphFolderManifest
 
 BASELINE = {"trunk": "torch-cpu-fp32", "engine": "ort-cpu-fp32"}  # ratios are to this row (same batch)
 REFERENCE_ORDER = {"trunk": ("torch-cpu-fp32", "ort-cpu-fp32"), "engine": ("ort-cpu-fp32",)}  # parity is against this
@@ -98,19 +101,19 @@ def unusable_reason(status) -> str:
     return f"{status.detail}" + (f" (to enable: {hint})" if hint else "")
 
 
-def artifact_reason(kind: str, config: BenchConfig, manifest: Mapping[str, Any], folder: Path | None) -> str | None:
+def artifact_reason(kind: str, config: BenchConfig, manifest: GraphFolderManifest, folder: Path | None) -> str | None:
     """Why the artifact cannot feed this configuration (graph, engine or checkpoint missing), or None."""
-    graphs = manifest.get("graphs") or {}
+    graphs = manifest.graphs
     if config.backend == "torch":
         if kind != "trunk":
             return "a fused engine runs as one graph: there is no torch backend for it (bench the trunk for torch)"
-        ckpt = (manifest.get("checkpoint") or {}).get("path")
+        ckpt = manifest.checkpoint.path if manifest.checkpoint is not None else None
         if not ckpt or not Path(ckpt).is_file():
             return (f"the torch backend rebuilds the trunk from its checkpoint, which is not at {ckpt!r} "
                     "(put it back there to bench torch)")
         return None
     if config.graph == "plan":
-        if not manifest.get("engines"):
+        if not manifest.engines:
             return "the folder holds no TensorRT engine (export/fuse with --tensorrt on this GPU)"
         return None
     if config.graph and config.graph not in graphs:
@@ -119,7 +122,7 @@ def artifact_reason(kind: str, config: BenchConfig, manifest: Mapping[str, Any],
     return None
 
 
-def plan(kind: str, manifest: Mapping[str, Any], configs: Iterable[BenchConfig], statuses: Mapping[str, Any],
+def plan(kind: str, manifest: GraphFolderManifest, configs: Iterable[BenchConfig], statuses: Mapping[str, Any],
          batches: Sequence[int], *, folder: Path | None = None) -> list[PlannedRow]:
     """One row per (configuration, batch), in configuration order, each running or skipped with its reason.
 
@@ -129,7 +132,7 @@ def plan(kind: str, manifest: Mapping[str, Any], configs: Iterable[BenchConfig],
     """
     if kind not in BASELINE:
         raise InputError(f"unknown benchmark kind {kind!r}", fix="use trunk or engine")
-    max_batch = int((manifest.get("export_spec") or {}).get("max_batch") or 1)
+    max_batch = manifest.max_batch
     rows: list[PlannedRow] = []
     for config in configs:
         status = statuses.get(config.probe)
@@ -147,7 +150,7 @@ def plan(kind: str, manifest: Mapping[str, Any], configs: Iterable[BenchConfig],
     return rows
 
 
-def reference_candidates(kind: str, statuses: Mapping[str, Any], manifest: Mapping[str, Any],
+def reference_candidates(kind: str, statuses: Mapping[str, Any], manifest: GraphFolderManifest,
                          folder: Path | None = None) -> list[BenchConfig]:
     """The fp32 configurations parity can be measured against, best first (REFERENCE_ORDER), that can run here
     (whether or not they were selected: an unselected one runs once, untimed, for its outputs)."""

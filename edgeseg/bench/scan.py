@@ -114,11 +114,11 @@ def bench_scan(engine: str | Path, scans: Sequence[str | Path] = (), *, real_ct:
     from edgeseg.assets import EXAMPLE_CT
     from edgeseg.bench.machine import describe, gpus, machine_tag
     from edgeseg.bench.runner import run_job
-    from edgeseg.runtime.engine import read_engine_manifest
+    from edgeseg.runtime.artifacts.engine import EngineManifest
     from edgeseg.runtime.manifest import library_versions
 
     engine = Path(engine)
-    manifest = read_engine_manifest(engine)
+    manifest = EngineManifest.from_folder(engine)
     for s in scans:
         if not Path(s).is_file():
             raise InputError("scan not found", path=s, fix="pass NIfTI files (.nii or .nii.gz)")
@@ -158,9 +158,8 @@ def bench_scan(engine: str | Path, scans: Sequence[str | Path] = (), *, real_ct:
             shutil.rmtree(work, ignore_errors=True)
     return {"schema": SCHEMA, "benchmark": "scan", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine_tag(), "host": describe(), "libraries": library_versions(),
-            "engine": {"folder": str(engine.resolve()), "organs": manifest.get("organs"), "cut": manifest.get("cut"),
-                       "window": manifest.get("window"),
-                       "feature_size": (manifest.get("model_spec") or {}).get("feature_size")},
+            "engine": {"folder": str(engine.resolve()), "organs": list(manifest.organs), "cut": manifest.cut,
+                       "window": list(manifest.window), "feature_size": manifest.feature_size},
             "settings": {"backend": backend, "precision": precision, "threads": threads, "overlap": overlap,
                          "sw_batch": sw_batch, "reuse_blank": reuse_blank, "z_range_mm": list(z_range), "seed": seed, "timeout_s": timeout},
             "stages": list(STAGES), "rows": rows, "scaling": scaling(rows)}

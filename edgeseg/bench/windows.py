@@ -17,7 +17,7 @@ import datetime as dt
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -25,34 +25,31 @@ from edgeseg.bench.configs import BASELINE, BenchConfig, PlannedRow, plan, refer
 from edgeseg.bench.stats import ratio, throughput, tflops
 from edgeseg.runtime.errors import InputError
 
+if TYPE_CHECKING:
+    from edgeseg.runtime.artifacts.graphs import GraphFolderManifest
+
 SCHEMA = "edgeseg.bench.windows/1"
 Log = Callable[[str], None]
 
 
-def read_artifact(folder: Path, kind: str) -> dict:
-    if kind == "trunk":
-        from edgeseg.runtime.trunk import read_trunk_manifest
+def read_artifact(folder: Path, kind: str) -> GraphFolderManifest:
+    from edgeseg.runtime.artifacts.engine import EngineManifest
+    from edgeseg.runtime.artifacts.trunk import TrunkManifest
 
-        return read_trunk_manifest(folder)
-    if kind == "engine":
-        from edgeseg.runtime.engine import read_engine_manifest
-
-        return read_engine_manifest(folder)
-    raise InputError(f"unknown artifact kind {kind!r}", fix="use trunk or engine")
+    classes = {"trunk": TrunkManifest, "engine": EngineManifest}
+    if kind not in classes:
+        raise InputError(f"unknown artifact kind {kind!r}", fix="use trunk or engine")
+    return classes[kind].from_folder(folder)
 
 
-def artifact_summary(folder: Path, kind: str, manifest: dict) -> dict:
-    from edgeseg.runtime.preprocess import PreprocessSpec
-
-    spec = manifest.get("model_spec") or {}
-    window = manifest.get("window") or list(PreprocessSpec.from_dict(manifest["preprocess"]).window)
-    return {"folder": str(folder.resolve()), "kind": kind, "cut": manifest.get("cut"), "window": [int(w) for w in window],
-            "feature_size": spec.get("feature_size"), "in_channels": int(spec.get("in_channels") or 1),
-            "organs": manifest.get("organs"),
-            "graphs": {p: g.get("file") for p, g in sorted((manifest.get("graphs") or {}).items())},
-            "engines": sorted((manifest.get("engines") or {})),
-            "max_batch": int((manifest.get("export_spec") or {}).get("max_batch") or 1),
-            "manifest_sha256": manifest.get("manifest_sha256")}
+def artifact_summary(folder: Path, kind: str, manifest: GraphFolderManifest) -> dict:
+    return {"folder": str(folder.resolve()), "kind": kind, "cut": manifest.cut, "window": [int(w) for w in manifest.window],
+            "feature_size": manifest.feature_size, "in_channels": manifest.in_channels,
+            "organs": list(getattr(manifest, "organs", None) or []) or None,
+            "graphs": {p: g.get("file") for p, g in sorted(manifest.graphs.items())},
+            "engines": sorted(manifest.engines),
+            "max_batch": manifest.max_batch,
+            "manifest_sha256": manifest.record.get("manifest_sha256")}
 
 
 def make_windows(preprocess: dict, n: int, channels: int = 1) -> tuple[np.ndarray, str]:
@@ -117,10 +114,10 @@ def add_ratios(rows: list[dict], baseline: str) -> None:
                             "peak_rss": None if rss is None else round(rss, 3)}
 
 
-def count_flops(folder: Path, manifest: dict) -> tuple[dict | None, list[str]]:
+def count_flops(folder: Path, manifest: GraphFolderManifest) -> tuple[dict | None, list[str]]:
     from edgeseg.bench.flops import count_onnx_flops
 
-    graphs = manifest.get("graphs") or {}
+    graphs = manifest.graphs
     name = "fp32" if "fp32" in graphs else next(iter(sorted(graphs)), None)
     if name is None:
         return None, ["FLOPs not counted: the folder holds no ONNX graph"]
@@ -175,9 +172,9 @@ def bench_windows(folder: str | Path, kind: str = "trunk", *, backends: str | Se
     work = Path(tempfile.mkdtemp(prefix="edgeseg-bench-")) if own_workdir else Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        x, input_desc = make_windows(manifest["preprocess"], max(batches), summary["in_channels"])
+        x, input_desc = make_windows(manifest.preprocess.to_dict(), max(batches), summary["in_channels"])
         np.save(work / "input.npy", x)
-        base_job = {"type": "window", "kind": kind, "folder": str(folder.resolve()), "cut": manifest.get("cut"),
+        base_job = {"type": "window", "kind": kind, "folder": str(folder.resolve()), "cut": manifest.cut,
                     "input": str(work / "input.npy"), "threads": threads, "cache_dir": str(work / "trt-cache")}
 
         rows = {(p.config.name, p.batch): empty_row(p) for p in rows_plan}
@@ -218,7 +215,7 @@ def bench_windows(folder: str | Path, kind: str = "trunk", *, backends: str | Se
                 if result.get("status") == "ok":
                     ref_dirs[b] = out_dir
                     result["parity"] = {"reference": cand.name, "rel_l2": 0.0, "max_abs": 0.0,
-                                        "mask_flip": 0.0 if kind == "engine" or manifest.get("cut") == "decoder1" else None,
+                                        "mask_flip": 0.0 if kind == "engine" or manifest.cut == "decoder1" else None,
                                         "self": True}
                 runs_of[str(b)] = {"status": result.get("status"), "reason": result.get("reason"), "timed_row": timed}
                 if timed:
@@ -264,11 +261,11 @@ def bench_windows(folder: str | Path, kind: str = "trunk", *, backends: str | Se
     return result
 
 
-def graph_io_bytes(folder: Path, manifest: dict) -> dict | None:
+def graph_io_bytes(folder: Path, manifest: GraphFolderManifest) -> dict | None:
     """Lower-bound bytes per window (weights, input, outputs) of the folder's fp32 graph, or None."""
     from edgeseg.bench.peak import graph_bytes
 
-    graphs = manifest.get("graphs") or {}
+    graphs = manifest.graphs
     if "fp32" not in graphs:
         return None
     try:

@@ -350,27 +350,28 @@ def build_cache(trunk_dir, data: str | Path, organ: str, out: str | Path, config
                 progress: Callable[[int, int], None] | None = None, log: Log = print) -> dict:
     """Cache the trunk's features for the supports (and queries) of `organ` in `data`; return the manifest.
 
-    trunk_dir: the exported trunk's folder (or an open `edgeseg.runtime.trunk.Trunk`, left open).
+    trunk_dir: the exported trunk's folder (or an open `edgeseg.runtime.trunk.OpenedTrunk`, left open).
     progress(done, total) after each case (resumed ones included); log(message) for what happens.
     """
     from edgeseg.runtime.manifest import content_hash, write_manifest
-    from edgeseg.runtime.trunk import Trunk, open_trunk, read_trunk_manifest
+    from edgeseg.runtime.artifacts.trunk import TrunkManifest
+    from edgeseg.runtime.trunk import OpenedTrunk, open_trunk
 
     t_start = time.perf_counter()
     out = Path(out).expanduser()
     config.check()
-    if isinstance(trunk_dir, Trunk):
+    if isinstance(trunk_dir, OpenedTrunk):
         trunk_manifest = trunk_dir.manifest
         trunk_folder = str(trunk_dir.folder.resolve()) if trunk_dir.folder is not None else "(not a folder)"
     else:
         trunk_folder = str(Path(trunk_dir).expanduser().resolve())
-        trunk_manifest = read_trunk_manifest(trunk_dir)
+        trunk_manifest = TrunkManifest.from_folder(trunk_dir)
     trunk_hash = content_hash(trunk_manifest)
     plan = draw_plan(data, organ, config.k, config.seed, config.query, config.settings())
     resuming = _check_out(out, trunk_hash, trunk_folder, plan.to_dict(), config.force)
 
     t0 = time.perf_counter()
-    trunk = trunk_dir if isinstance(trunk_dir, Trunk) else open_trunk(trunk_dir, backend=config.backend,
+    trunk = trunk_dir if isinstance(trunk_dir, OpenedTrunk) else open_trunk(trunk_dir, backend=config.backend,
                                                                       precision=config.precision, threads=config.threads)
     t_open = time.perf_counter() - t0
     try:

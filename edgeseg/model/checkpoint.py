@@ -23,12 +23,13 @@ from torch import Tensor
 
 from edgeseg.model.spec import UNIVERSAL_CLASSES, ModelSpec
 from edgeseg.model.swinunetr import build_swinunetr
+from edgeseg.runtime.artifacts.trunk import TrunkManifest
 from edgeseg.runtime.atomic import atomic_path
 from edgeseg.runtime.errors import InputError
 
 __all__ = [
     "CONTAINER_KEYS", "LoadReport", "RawCheckpoint", "SPEC_METADATA_KEY", "infer_spec", "load_checkpoint",
-    "load_state_dict_file", "map_keys", "read_checkpoint", "save_checkpoint", "sha256_file",
+    "load_exported_checkpoint", "load_state_dict_file", "map_keys", "read_checkpoint", "save_checkpoint", "sha256_file",
 ]
 
 SPEC_METADATA_KEY = "edgeseg_spec"
@@ -480,6 +481,28 @@ def load_checkpoint(
     result = model.load_state_dict({k: mapped[k] for k in loaded}, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys  # `loaded` only holds the model's own keys
     return model.eval(), spec, report
+
+
+def load_exported_checkpoint(trunk: TrunkManifest, folder: str | Path, *, needed_for: str, otherwise: str = "",
+                             allow_partial: bool = True) -> torch.nn.Module:
+    """The model (eval mode) rebuilt from the checkpoint the trunk in `folder` was exported from, as its
+    manifest names it: refused when the file is not there or its sha256 differs from the recorded one.
+
+    needed_for: what needs it, the start of the refusal ("the torch backend rebuilds the trunk from its
+    checkpoint"); otherwise: the alternative the fix offers. allow_partial as at export (the trunk's
+    graphs were exported from this load).
+    """
+    ckpt = trunk.checkpoint
+    path = Path(ckpt.path if ckpt is not None else "")
+    if ckpt is None or not ckpt.path or not path.is_file():
+        raise InputError(f"{needed_for}, which is not at {str(path)!r}", path=folder,
+                         fix="put the checkpoint the trunk was exported from back at that path"
+                             + (f", or {otherwise}" if otherwise else ""))
+    if sha256_file(path) != ckpt.sha256:
+        raise InputError("the checkpoint differs from the one this trunk was exported from (sha256)", path=path,
+                         fix=f"restore the original checkpoint, or re-export the trunk from this one ({trunk.REBUILD})")
+    model, _, _ = load_checkpoint(path, ModelSpec.from_dict(dict(trunk.model_spec)), allow_partial=allow_partial)
+    return model.eval()
 
 
 def save_checkpoint(model: torch.nn.Module, spec: ModelSpec, path: str | Path, *, force: bool = False,

@@ -29,8 +29,6 @@ import numpy as np
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.host import peak_rss_gib
 
-ADAPTER_KIND = "adapter"
-
 # The CPU recipe per adapter: steps, learning rate, crop side (feature voxels). Measured on cached
 # features of the stand-in (benchmarks/results/<machine>/adapt_recipe.json): the decoder block reaches
 # its best held-out Dice near 500 steps at 3e-3 and over-fits beyond ~1000.
@@ -324,17 +322,17 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     from edgeseg.adapters import CUT_OF, build_adapter, count_trainable
     from edgeseg.features import open_cache
     from edgeseg.runtime.host import idle_cores
-    from edgeseg.runtime.manifest import content_hash, read_manifest
+    from edgeseg.runtime.artifacts.adapter import AdapterIO, AdapterManifest
+    from edgeseg.runtime.artifacts.trunk import TrunkManifest
+    from edgeseg.runtime.manifest import content_hash
     from edgeseg.train.size_prior import QuerySizeEstimator, target_size_ml
 
     config.check()
     config = config.resolved()
     kind = config.adapter
-    from edgeseg.runtime.manifest import OWN_FILES, claim_output
-
     out = Path(out)
     # only an edgeseg adapter is ever replaced (with --force); a user's files there are refused, even with it
-    claim_output(out, ADAPTER_KIND, force=force, ignore=OWN_FILES, dry_run=True)
+    AdapterManifest.claim(out, force=force, dry_run=True)
     cache = open_cache(cache_dir, verify_files=True)  # every file's sha256: junk is refused before training
     if cache.cut != CUT_OF[kind]:
         raise InputError(f"the {kind} adapter trains on the {CUT_OF[kind]} cut but this cache holds {cache.cut} features",
@@ -347,21 +345,17 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     torch.manual_seed(config.seed)
     threads = config.threads or idle_cores()
     torch.set_num_threads(threads)
-    trunk_manifest = read_manifest(cache.trunk_dir, "trunk", verify_files=False)
-    model_spec = trunk_manifest["model_spec"]
+    trunk_manifest = TrunkManifest.from_folder(cache.trunk_dir, verify_files=False)
+    model_spec = trunk_manifest.model_spec
     class_names = model_spec["class_names"]
     class_index = class_names.index(cache.organ) if cache.organ in class_names else None
     pretrained = None
     if kind == "ft-last" or class_index is not None:  # the head starts from the organ's pretrained row
-        from edgeseg.model.checkpoint import load_checkpoint
-        from edgeseg.model.spec import ModelSpec
-        from edgeseg.runtime.manifest import sha256_file
+        from edgeseg.model.checkpoint import load_exported_checkpoint
 
-        ckpt = Path(trunk_manifest["checkpoint"]["path"])
-        if not ckpt.exists() or sha256_file(ckpt) != trunk_manifest["checkpoint"]["sha256"]:
-            raise InputError(f"{kind} initialises from the trunk's checkpoint, which is missing or changed", path=ckpt,
-                             fix="put the checkpoint the trunk was exported from back at that path")
-        pretrained, _, _ = load_checkpoint(ckpt, ModelSpec.from_dict(model_spec))
+        # a complete checkpoint only (allow_partial=False): the head row or block must be trained weights
+        pretrained = load_exported_checkpoint(trunk_manifest, cache.trunk_dir, allow_partial=False,
+                                              needed_for=f"{kind} initialises from the trunk's checkpoint")
     adapter = build_adapter(kind, feature_size=model_spec["feature_size"], pretrained=pretrained,
                             class_index=class_index)
     del pretrained  # the whole checkpoint model (250 MB at feature size 48): only its head row / block was needed
@@ -401,17 +395,18 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
                          f"at lr {config.lr:g}; nothing was written", path=out, fix="lower --lr (e.g. by 10x)")
     from edgeseg.export.adapter import save_adapter
 
-    claim_output(out, ADAPTER_KIND, force=force, ignore=OWN_FILES)  # trained: the old adapter's files go
+    AdapterManifest.claim(out, force=force)  # trained: the old adapter's files go
     k = max(1, len(losses) // 200)  # the curve, thinned to at most ~200 points
-    body = {
-        "adapter": kind, "organ": cache.organ, "cut": cache.cut, "init": init, "trainable_params": count_trainable(adapter),
-        "feature_size": model_spec["feature_size"], "config": {**config.to_dict(), "threads": threads},
-        "cache": {"path": str(Path(cache_dir).resolve()), "manifest_sha256": content_hash(cache.manifest)},
-        "trunk_manifest_sha256": cache.trunk_manifest_hash,
-        "loss_curve": [round(float(np.mean(losses[i:i + k])), 6) for i in range(0, len(losses), k)],
-        "loss_curve_every": k, "steps": fit["steps_run"], "kept_step": fit["kept_step"], "stopped": stopped,
-        "heldout": {"case": heldout[0].case_id, "dice": fit["heldout_dice"], "curve": fit["heldout"]} if heldout else None,
-        "wall_seconds": round(wall, 2), "threads": threads, "peak_rss_gib": peak_rss_gib(), "size_prior": size_prior,
-        "io": {"inputs": list(trunk_manifest["io"]["outputs"]), "output": "logits"},
-    }
-    return save_adapter(adapter, out, body, force=force)
+    manifest = AdapterManifest(
+        adapter=kind, organ=cache.organ, cut=cache.cut, feature_size=model_spec["feature_size"],
+        trunk_manifest_sha256=cache.trunk_manifest_hash, io=AdapterIO(trunk_manifest.io.outputs, "logits"),
+        extra={
+            "init": init, "trainable_params": count_trainable(adapter),
+            "config": {**config.to_dict(), "threads": threads},
+            "cache": {"path": str(Path(cache_dir).resolve()), "manifest_sha256": content_hash(cache.manifest)},
+            "loss_curve": [round(float(np.mean(losses[i:i + k])), 6) for i in range(0, len(losses), k)],
+            "loss_curve_every": k, "steps": fit["steps_run"], "kept_step": fit["kept_step"], "stopped": stopped,
+            "heldout": {"case": heldout[0].case_id, "dice": fit["heldout_dice"], "curve": fit["heldout"]} if heldout else None,
+            "wall_seconds": round(wall, 2), "threads": threads, "peak_rss_gib": peak_rss_gib(), "size_prior": size_prior,
+        })
+    return dict(save_adapter(adapter, out, manifest, force=force).record)

@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from edgeseg.bench.configs import BY_NAME, CONFIGS, plan, reference_candidates, select_configs
+from edgeseg.runtime.artifacts.engine import EngineManifest
+from edgeseg.runtime.artifacts.trunk import TrunkManifest
 from edgeseg.runtime.availability import BackendStatus
 from edgeseg.runtime.errors import InputError
+from edgeseg.runtime.preprocess import PreprocessSpec
 
 PROBES = ("torch-cpu", "torch-cuda", "ort-cpu", "ort-cuda", "ort-tensorrt", "openvino", "tensorrt")
 
@@ -18,12 +21,24 @@ def statuses(usable=("torch-cpu", "ort-cpu", "openvino")) -> dict:
                              "" if n in usable else f"install {n}") for n in PROBES}
 
 
-def trunk_manifest(tmp_path: Path, graphs=("fp32",), engines=None, max_batch=4, checkpoint=True) -> dict:
+PRE = PreprocessSpec(window=(64, 64, 64)).to_dict()
+
+
+def trunk_manifest(tmp_path: Path, graphs=("fp32",), engines=None, max_batch=4, checkpoint=True) -> TrunkManifest:
     ckpt = tmp_path / "ckpt.safetensors"
     if checkpoint:
         ckpt.write_bytes(b"x")
-    return {"graphs": {g: {"file": f"trunk.{g}.onnx"} for g in graphs}, "engines": engines or {},
-            "export_spec": {"max_batch": max_batch}, "checkpoint": {"path": str(ckpt)}, "cut": "decoder1"}
+    return TrunkManifest.from_record({
+        "graphs": {g: {"file": f"trunk.{g}.onnx"} for g in graphs}, "engines": engines or {},
+        "export_spec": {"max_batch": max_batch}, "checkpoint": {"path": str(ckpt)}, "cut": "decoder1",
+        "preprocess": PRE, "io": {"input": "image", "outputs": ["features"]}, "model_spec": {"in_channels": 1}})
+
+
+def engine_manifest() -> EngineManifest:
+    return EngineManifest.from_record({
+        "graphs": {"fp32": {"file": "fused.fp32.onnx"}}, "engines": {}, "export_spec": {"max_batch": 4},
+        "organs": ["liver"], "io": {"input": "image", "outputs": ["prob_liver"]}, "preprocess": PRE,
+        "window": [64, 64, 64]})
 
 
 def by_key(rows):
@@ -65,8 +80,7 @@ def test_batches_beyond_the_export_are_skipped_except_for_torch(tmp_path):
 def test_torch_needs_the_checkpoint_and_engines_have_no_torch(tmp_path):
     rows = by_key(plan("trunk", trunk_manifest(tmp_path, checkpoint=False), CONFIGS, statuses(), [1]))
     assert "checkpoint" in rows[("torch-cpu-fp32", 1)]
-    engine = {"graphs": {"fp32": {"file": "fused.fp32.onnx"}}, "engines": {}, "export_spec": {"max_batch": 4}}
-    rows = by_key(plan("engine", engine, CONFIGS, statuses(), [1]))
+    rows = by_key(plan("engine", engine_manifest(), CONFIGS, statuses(), [1]))
     assert "no torch backend" in rows[("torch-cpu-fp32", 1)]
     assert rows[("ort-cpu-fp32", 1)] is None
 
@@ -82,7 +96,7 @@ def test_reference_is_torch_fp32_else_ort_fp32_even_when_not_selected(tmp_path):
     elsewhere = tmp_path / "no-checkpoint"
     elsewhere.mkdir()
     assert names("trunk", statuses(), trunk_manifest(elsewhere, checkpoint=False)) == ["ort-cpu-fp32"]
-    assert names("engine", statuses(), {"graphs": {"fp32": {}}}) == ["ort-cpu-fp32"]
+    assert names("engine", statuses(), engine_manifest()) == ["ort-cpu-fp32"]
     assert names("trunk", statuses(()), m) == []
 
 

@@ -9,7 +9,9 @@ import pytest
 from edgeseg.bench import report, schema
 from edgeseg.bench.configs import plan, select_configs
 from edgeseg.bench.windows import build_result, empty_row, fill_row
+from edgeseg.runtime.artifacts.trunk import TrunkManifest
 from edgeseg.runtime.availability import BackendStatus
+from edgeseg.runtime.preprocess import PreprocessSpec
 
 PROBES = ("torch-cpu", "torch-cuda", "ort-cpu", "ort-cuda", "ort-tensorrt", "openvino", "tensorrt")
 FLOPS = {"per_window": 636_000_000_000, "gflops_per_window": 636.0, "by_op": {"Conv": 636_000_000_000},
@@ -35,8 +37,11 @@ def fake_worker(config: str, batch: int, seconds: float, rss: float) -> dict:
 
 @pytest.fixture
 def result(tmp_path):
-    manifest = {"graphs": {"fp32": {"file": "trunk.fp32.onnx"}}, "export_spec": {"max_batch": 4}, "engines": {},
-                "checkpoint": {"path": str(tmp_path / "ckpt.safetensors")}, "cut": "decoder1"}
+    manifest = TrunkManifest.from_record({
+        "graphs": {"fp32": {"file": "trunk.fp32.onnx"}}, "export_spec": {"max_batch": 4}, "engines": {},
+        "checkpoint": {"path": str(tmp_path / "ckpt.safetensors")}, "cut": "decoder1",
+        "preprocess": PreprocessSpec(window=(64, 64, 64)).to_dict(), "io": {"input": "image", "outputs": ["features"]},
+        "model_spec": {"in_channels": 1}})
     (tmp_path / "ckpt.safetensors").write_bytes(b"x")
     configs = select_configs("torch-cpu-fp32,ort-cpu,ort-cuda-fp32")
     planned = plan("trunk", manifest, configs, statuses(), [1, 4])

@@ -145,11 +145,12 @@ def test_export_and_fuse_build_engines_that_pick_engine_finds_among_other_machin
     from edgeseg.export.adapter import save_adapter
     from edgeseg.export.fuse import fuse
     from edgeseg.export.trunk import export_trunk
-    from edgeseg.runtime.artifact import pick_engine
+    from edgeseg.runtime.artifacts.adapter import AdapterIO, AdapterManifest
+    from edgeseg.runtime.artifacts.engine import EngineManifest
+    from edgeseg.runtime.artifacts.trunk import TrunkManifest
     from edgeseg.runtime.backends import open_backend
-    from edgeseg.runtime.engine import open_engine, read_engine_manifest
+    from edgeseg.runtime.engine import open_engine
     from edgeseg.runtime.manifest import content_hash, write_manifest
-    from edgeseg.runtime.trunk import read_trunk_manifest
 
     from edgeseg.adapters import build_adapter
 
@@ -159,15 +160,15 @@ def test_export_and_fuse_build_engines_that_pick_engine_finds_among_other_machin
     key, here = engine_key()
     assert list(trunk["engines"]) == [here] and trunk["engines"][here]["parity"]["passed"]
     assert trunk["engines"][here]["build"]["strongly_typed"] and trunk["engines"][here]["build"]["half_fraction"] > 0
-    plan, plan_key = pick_engine(trunk_dir, read_trunk_manifest(trunk_dir), required=True, rebuild=REBUILD)
+    plan, plan_key = TrunkManifest.from_folder(trunk_dir).pick_engine(trunk_dir, required=True)
     assert plan == trunk_dir / plan_name(key) and plan_key == key
 
     torch.manual_seed(0)
     adapter_dir = tmp_path / "liver"
     fs = trunk["model_spec"]["feature_size"]
-    save_adapter(build_adapter("lp", feature_size=fs), adapter_dir, {
-        "adapter": "lp", "organ": "liver", "cut": "decoder1", "feature_size": fs,
-        "trunk_manifest_sha256": content_hash(trunk), "io": {"inputs": trunk["io"]["outputs"], "output": "logits"}})
+    save_adapter(build_adapter("lp", feature_size=fs), adapter_dir, AdapterManifest(
+        adapter="lp", organ="liver", cut="decoder1", feature_size=fs, trunk_manifest_sha256=content_hash(trunk),
+        io=AdapterIO(tuple(trunk["io"]["outputs"]), "logits")))
     engine_dir = tmp_path / "engine"
     fused = fuse(trunk_dir, [adapter_dir], engine_dir, precisions=("fp32", "fp16"), tensorrt=True, log=quiet)
     assert list(fused["engines"]) == [here] and fused["engines"][here]["parity"]["passed"]
@@ -186,9 +187,9 @@ def test_export_and_fuse_build_engines_that_pick_engine_finds_among_other_machin
         engines[key_string(other)] = {**fused["engines"][here], "file": name, "key": other}
         files.append(name)
     write_manifest(engine_dir, "engine", {**body, "engines": engines}, files, force=True)
-    manifest = read_engine_manifest(engine_dir)
-    assert sorted(manifest["engines"])[0] != here and len(manifest["engines"]) == 3
-    plan, plan_key = pick_engine(engine_dir, manifest, required=True, rebuild=REBUILD)
+    manifest = EngineManifest.from_folder(engine_dir)
+    assert sorted(manifest.engines)[0] != here and len(manifest.engines) == 3
+    plan, plan_key = manifest.pick_engine(engine_dir, required=True)
     assert plan.name == plan_name(key, stem="fused") and plan_key == key
 
     volume = np.random.default_rng(0).random((1, 70, 64, 80), dtype=np.float32)

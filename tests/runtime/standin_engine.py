@@ -50,7 +50,7 @@ def make_engine(organs=("liver",), spec: PreprocessSpec = SPEC, **backend_kw) ->
     manifest = {
         "organs": list(organs), "io": {"input": "image", "outputs": [f"prob_{o}" for o in organs]},
         "preprocess": spec.to_dict(), "window": list(spec.window), "cut": "decoder1",
-        "export_spec": {"max_batch": 4}, "model_spec": {"in_channels": 1},
+        "export_spec": {"max_batch": 4}, "model_spec": {"in_channels": 1}, "graphs": {},
     }
     return Engine(Path("standin-engine"), manifest, StandInBackend(organs, spec.window, **backend_kw), precision="fp32")
 

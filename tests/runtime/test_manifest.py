@@ -107,7 +107,8 @@ def test_a_graph_named_outside_the_listed_files_or_with_external_data_outside_is
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgeseg.runtime.artifact import graph_path
+    from edgeseg.runtime.artifacts.engine import EngineManifest
+    from edgeseg.runtime.preprocess import PreprocessSpec
 
     folder = tmp_path / "engine"
     folder.mkdir()
@@ -118,11 +119,15 @@ def test_a_graph_named_outside_the_listed_files_or_with_external_data_outside_is
     model = helper.make_model(graph)
     onnx.save(model, str(folder / "g.onnx"), save_as_external_data=True, location="g.onnx.data",
               size_threshold=0)
-    write_manifest(folder, "engine", {"graphs": {"fp32": {"file": "g.onnx"}}}, ["g.onnx", "g.onnx.data"])
-    m = read_manifest(folder, "engine")
-    assert graph_path(folder, m, "fp32", "fuse") == folder / "g.onnx"
+    spec = PreprocessSpec(window=(64, 64, 64))
+    body = {"organs": ["liver"], "preprocess": spec.to_dict(), "window": [64, 64, 64],
+            "io": {"input": "image", "outputs": ["prob_liver"]}, "graphs": {"fp32": {"file": "g.onnx"}}}
+    write_manifest(folder, "engine", body, ["g.onnx", "g.onnx.data"])
+    m = EngineManifest.from_folder(folder)
+    assert m.graph_path(folder, "fp32") == folder / "g.onnx"
+    renamed = EngineManifest.from_record({**m.record, "graphs": {"fp32": {"file": "g.onnx.data"}}, "files": {"g.onnx": {}}})
     with pytest.raises(InputError, match="not among the files it lists"):
-        graph_path(folder, {**m, "graphs": {"fp32": {"file": "g.onnx.data"}}, "files": {"g.onnx": {}}}, "fp32", "fuse")
+        renamed.graph_path(folder, "fp32")
     (tmp_path / "evil.bin").write_bytes(np.ones((4,), np.float32).tobytes())
     for t in model.graph.initializer:  # the weights' location rewritten to a file outside the artifact
         t.data_location = TensorProto.EXTERNAL
@@ -131,7 +136,7 @@ def test_a_graph_named_outside_the_listed_files_or_with_external_data_outside_is
         t.ClearField("raw_data")
     onnx.save(model, str(folder / "g.onnx"))
     with pytest.raises(InputError, match="outside the artifact"):
-        graph_path(folder, m, "fp32", "fuse")
+        m.graph_path(folder, "fp32")
 
 
 def test_claim_output_replaces_only_an_edgeseg_artifact_of_its_kind_and_only_its_listed_files(tmp_path):

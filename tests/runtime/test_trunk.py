@@ -16,8 +16,9 @@ from edgeseg.export.parity import TOLERANCES
 from edgeseg.runtime.backends import Backend, BackendInfo, TensorSpec
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import content_hash, read_manifest, write_manifest
+from edgeseg.runtime.artifacts.trunk import TrunkManifest
 from edgeseg.runtime.preprocess import PreprocessSpec
-from edgeseg.runtime.trunk import Trunk, open_trunk
+from edgeseg.runtime.trunk import OpenedTrunk, open_trunk
 
 from tests.conftest import SPEC5
 from tests.helpers import ort_session, rel_l2
@@ -54,7 +55,7 @@ def _reference(trunk_dir, window: np.ndarray) -> np.ndarray:
 def test_ort_trunk_reports_what_it_is_and_runs(trunk_dir, volume):
     manifest = read_manifest(trunk_dir, "trunk")
     with open_trunk(trunk_dir, backend="ort", threads=2) as trunk:
-        assert trunk.manifest == manifest and trunk.manifest_hash == content_hash(manifest) == manifest["manifest_sha256"]
+        assert trunk.manifest.record == manifest and trunk.manifest_hash == content_hash(manifest) == manifest["manifest_sha256"]
         assert trunk.cut == "decoder1" and trunk.window == (64, 64, 64) and trunk.output_names == ("features",)
         assert trunk.preprocess == SPEC.preprocess and trunk.graph_precision == "fp32"
         assert trunk.ran["backend"] == "ort-cpu" and trunk.ran["precision"] == "fp32"
@@ -192,13 +193,13 @@ class PoolStandIn(Backend):
         return enc0, dec0
 
 
-def stand_in_trunk(folder, spacing=(1.5, 1.5, 1.5)) -> Trunk:
+def stand_in_trunk(folder, spacing=(1.5, 1.5, 1.5)) -> OpenedTrunk:
     spec = PreprocessSpec(window=(64, 64, 64), spacing=spacing)
     body = {"cut": "pre-decoder1", "preprocess": spec.to_dict(), "preprocess_sha256": spec.sha256(),
             "io": {"input": "image", "outputs": ["enc0", "dec0"]}, "graphs": {}, "export_spec": {"max_batch": 2},
             "model_spec": {"in_channels": 1, "feature_size": 2}}
     manifest = write_manifest(folder, "trunk", body, [])
-    return Trunk(folder, manifest, PoolStandIn(), precision="fp32", reason="stand-in")
+    return OpenedTrunk(folder, TrunkManifest.from_record(manifest), PoolStandIn(), precision="fp32", reason="stand-in")
 
 
 def _pool2(x):

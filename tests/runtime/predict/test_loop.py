@@ -59,7 +59,7 @@ def test_each_case_is_planned_once_even_when_read_ahead(scans, tmp_path, monkeyp
 
 
 def test_prefetch_auto_follows_the_device():
-    from edgeseg.runtime.artifact import OpenedArtifact
+    from edgeseg.runtime.artifacts.opened import OpenedArtifact
     from edgeseg.runtime.support import Device
 
     class E(OpenedArtifact):
