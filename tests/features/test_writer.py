@@ -15,7 +15,7 @@ from edgeseg.runtime.backends import Backend, BackendInfo, TensorSpec
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import read_manifest, write_manifest
 from edgeseg.runtime.preprocess import preprocess
-from edgeseg.runtime.trunk import Trunk
+from edgeseg.runtime.trunk import OpenedTrunk
 
 import edgeseg.features.cases as cases_mod
 import edgeseg.features.writer as writer_mod
@@ -230,8 +230,8 @@ def test_pre_decoder1_cache_stores_enc0_and_half_resolution_dec0(data, tmp_path)
             "io": {"input": "image", "outputs": ["enc0", "dec0"]}, "export_spec": {"max_batch": 1},
             "model_spec": {"in_channels": 1, "feature_size": 1}}
     (tmp_path / "trunk").mkdir()
-    trunk = Trunk(tmp_path / "trunk", write_manifest(tmp_path / "trunk", "trunk", body, []), PoolStandIn(),
-                  precision="fp32")
+    trunk = OpenedTrunk(tmp_path / "trunk", write_manifest(tmp_path / "trunk", "trunk", body, []), PoolStandIn(),
+                        precision="fp32")
     out = tmp_path / "cache"
     manifest = build_cache(trunk, support, "liver", out, CacheConfig(k=1, seed=3, query=(query,), negatives_per_case=1),
                            log=lambda m: None)
