@@ -18,9 +18,11 @@ from edgeseg.runtime.errors import InputError
 __all__ = ["CACHE_KIND", "CASES_DIR", "REBUILD", "CacheEntry", "FeatureCache", "QueryEntry", "check_finite",
            "map_array", "open_cache"]
 
-CACHE_KIND = "feature-cache"
-CASES_DIR = "cases"
-REBUILD = "edgeseg cache --trunk DIR --data DATASET --organ NAME --out DIR"
+from edgeseg.runtime.artifacts.cache import CacheManifest  # noqa: E402 - the contract this module reads
+
+CACHE_KIND = CacheManifest.KIND
+CASES_DIR = CacheManifest.CASES_DIR
+REBUILD = CacheManifest.REBUILD
 
 
 def map_array(path: Path) -> np.ndarray:
@@ -81,51 +83,47 @@ def check_finite(path: Path, array: np.ndarray, rows: int = 8) -> None:
 @dataclass
 class FeatureCache:
     folder: Path
-    manifest: dict
+    manifest: CacheManifest
     supports: list[CacheEntry]
     queries: list[QueryEntry]
 
     @property
     def manifest_hash(self) -> str:
-        from edgeseg.runtime.manifest import content_hash
-
-        return content_hash(self.manifest)
+        return self.manifest.sha256
 
     @property
     def trunk_manifest_hash(self) -> str:
-        return self.manifest["trunk"]["manifest_sha256"]
+        return self.manifest.trunk.manifest_sha256
 
     @property
     def trunk_dir(self) -> Path:
-        return Path(self.manifest["trunk"]["folder"])
+        return Path(self.manifest.trunk.folder)
 
     @property
     def cut(self) -> str:
-        return self.manifest["cut"]
+        return self.manifest.cut
 
     @property
     def organ(self) -> str:
-        return self.manifest["organ"]
+        return self.manifest.organ
 
     @property
     def spec(self):
-        from edgeseg.runtime.preprocess import PreprocessSpec
-
-        return PreprocessSpec.from_dict(self.manifest["preprocess"])
+        return self.manifest.preprocess
 
     preprocess = spec
 
     @property
     def output_names(self) -> tuple[str, ...]:
-        return tuple(self.manifest["trunk"]["output_names"])
+        return self.manifest.trunk.output_names
 
     @property
     def bytes_on_disk(self) -> int:
-        return int(self.manifest["bytes_on_disk"])
+        return self.manifest.bytes_on_disk
 
     @property
     def case_ids(self) -> list[str]:
-        return list(self.manifest["supports"])
+        return list(self.manifest.supports)
 
     def check_features(self) -> None:
         """Every cached feature array is finite (NaN/Inf refused, naming the file); seconds even at feature size 48."""
@@ -142,12 +140,10 @@ def open_cache(folder: str | Path, *, trunk_manifest_hash: str | None = None, ve
     """Open a feature cache: manifest checked (kind, self-hash, every file present at its recorded size;
     every sha256 too with `verify_files`); refused when `trunk_manifest_hash` is given and is not the
     trunk the cache was made by. Arrays are memory-mapped: nothing is read until touched."""
-    from edgeseg.runtime.manifest import read_manifest
-
     folder = Path(folder).expanduser()
-    manifest = read_manifest(folder, CACHE_KIND, verify_files=verify_files, rebuild=REBUILD)
+    manifest = CacheManifest.from_folder(folder, verify_files=verify_files)
     if not verify_files:
-        for name, entry in (manifest.get("files") or {}).items():
+        for name, entry in manifest.files.items():
             f = folder / name
             if not f.is_file():
                 raise InputError(f"lists {name}, which is missing", path=folder / "manifest.json",
@@ -155,27 +151,27 @@ def open_cache(folder: str | Path, *, trunk_manifest_hash: str | None = None, ve
             if f.stat().st_size != entry["bytes"]:
                 raise InputError(f"{name} has {f.stat().st_size} bytes, the manifest recorded {entry['bytes']}", path=f,
                                  fix=f"rebuild the cache: {REBUILD} --force")
-    made_by = manifest["trunk"]["manifest_sha256"]
+    made_by = manifest.trunk.manifest_sha256
     if trunk_manifest_hash is not None and trunk_manifest_hash != made_by:
         raise InputError(
-            f"the cache was made by trunk {manifest['trunk'].get('folder', '?')} (manifest {made_by[:12]}); this is "
+            f"the cache was made by trunk {manifest.trunk.folder} (manifest {made_by[:12]}); this is "
             f"trunk {trunk_manifest_hash[:12]}: its features are not this trunk's", path=folder,
             fix=f"rebuild the cache with this trunk: {REBUILD.replace('--out DIR', '--out NEW_DIR')} (or --force)")
     supports: list[CacheEntry] = []
     queries: list[QueryEntry] = []
-    for cid in manifest["supports"]:
-        meta = manifest["cases"][cid]
+    for cid in manifest.supports:
+        meta = manifest.cases[cid]
         base = folder / CASES_DIR / cid
-        names = manifest["trunk"]["output_names"] or (["enc0", "dec0"] if manifest["cut"] == "pre-decoder1" else ["features"])
+        names = manifest.output_names
         for r in meta["regions"]:
             files = tuple(base / r["files"][n] for n in names)
             supports.append(CacheEntry(
                 case_id=meta["case_id"], name=r["name"], role=r["role"], box=tuple(tuple(b) for b in r["box"]),
                 voxel_ml=float(meta["voxel_ml"]), organ_ml=float(meta["organ_ml"]), spacing_mm=tuple(meta["spacing_mm"]),
                 features=tuple(map_array(f) for f in files), label=map_array(base / r["label"]), info=r, files=files))
-    for q in manifest["queries"]:
-        meta = manifest["cases"][q["id"]]
-        names = manifest["trunk"]["output_names"] or list(meta["files_by_output"])
+    for q in manifest.queries:
+        meta = manifest.cases[q["id"]]
+        names = manifest.trunk.output_names or tuple(meta["files_by_output"])
         files = tuple(folder / CASES_DIR / q["id"] / meta["files_by_output"][n] for n in names)
         queries.append(QueryEntry(
             case_id=q["id"], image=meta["image"], pool=int(meta["pool"]), voxel_ml=float(meta["voxel_ml"]),

@@ -46,7 +46,8 @@ import numpy as np
 
 from edgeseg.features.cases import case_complete, own_cases, remove_leftovers, save_npy, write_durable, writing_case
 from edgeseg.features.plan import PLAN_NAME, CachePlan, PlannedCase, draw_plan, read_plan, write_plan
-from edgeseg.features.reader import CACHE_KIND, CASES_DIR
+from edgeseg.features.reader import CASES_DIR
+from edgeseg.runtime.artifacts.cache import CacheManifest, CacheTrunk
 from edgeseg.features.regions import BODY_THRESHOLD, organ_bbox, region_slices, support_regions
 from edgeseg.runtime.atomic import refuse_link, unlink_own
 from edgeseg.runtime.errors import InputError
@@ -257,10 +258,10 @@ def _recorded_trunk(out: Path) -> dict | None:
 def _wipe(out: Path) -> None:
     """Remove what a cache build wrote in `out` (and nothing else: a finished cache's listed files; an
     unfinished one's plan and case folders, each checked to hold only what a cache build writes)."""
-    from edgeseg.runtime.manifest import OWN_FILES, claim_output
+    from edgeseg.runtime.manifest import OWN_FILES
 
     if (out / "manifest.json").exists():
-        claim_output(out, CACHE_KIND, force=True, ignore=(*OWN_FILES, PLAN_NAME))
+        CacheManifest.claim(out, force=True, ignore=(*OWN_FILES, PLAN_NAME))
     for d in own_cases(out / CASES_DIR):
         shutil.rmtree(d)
     unlink_own(out / PLAN_NAME)
@@ -275,10 +276,10 @@ def _check_out(out: Path, trunk_hash: str, trunk_folder: str, plan: dict, force:
         raise InputError("is a file, not a folder", path=out, fix="choose a folder for --out")
     if not out.exists():
         return False
-    from edgeseg.runtime.manifest import OWN_FILES, claim_output
+    from edgeseg.runtime.manifest import OWN_FILES
 
     # another kind of artifact, a manifest edgeseg did not write, or a user's files: refused even with --force
-    claim_output(out, CACHE_KIND, force=True, ignore=(*OWN_FILES, PLAN_NAME, f"{CASES_DIR}/*"), dry_run=True)
+    CacheManifest.claim(out, force=True, ignore=(*OWN_FILES, PLAN_NAME, f"{CASES_DIR}/*"), dry_run=True)
     own_cases(out / CASES_DIR)
     recorded = _recorded_trunk(out)
     complete = (out / "manifest.json").exists()
@@ -353,7 +354,6 @@ def build_cache(trunk_dir, data: str | Path, organ: str, out: str | Path, config
     trunk_dir: the exported trunk's folder (or an open `edgeseg.runtime.trunk.OpenedTrunk`, left open).
     progress(done, total) after each case (resumed ones included); log(message) for what happens.
     """
-    from edgeseg.runtime.manifest import content_hash, write_manifest
     from edgeseg.runtime.artifacts.trunk import TrunkManifest
     from edgeseg.runtime.trunk import OpenedTrunk, open_trunk
 
@@ -366,7 +366,7 @@ def build_cache(trunk_dir, data: str | Path, organ: str, out: str | Path, config
     else:
         trunk_folder = str(Path(trunk_dir).expanduser().resolve())
         trunk_manifest = TrunkManifest.from_folder(trunk_dir)
-    trunk_hash = content_hash(trunk_manifest)
+    trunk_hash = trunk_manifest.sha256
     plan = draw_plan(data, organ, config.k, config.seed, config.query, config.settings())
     resuming = _check_out(out, trunk_hash, trunk_folder, plan.to_dict(), config.force)
 
@@ -400,12 +400,12 @@ def build_cache(trunk_dir, data: str | Path, organ: str, out: str | Path, config
         used = sorted({json.dumps(m.get("ran"), sort_keys=True) for m in metas.values()})
         if len(used) > 1:
             log(f"note: the cases were computed by different backends across resumed runs: {', '.join(used)}")
-        body, files = cache_manifest(out, plan, trunk, trunk_folder, trunk_hash, metas, [json.loads(u) for u in used],
+        made, files = cache_manifest(out, plan, trunk, trunk_folder, trunk_hash, metas, [json.loads(u) for u in used],
                                      {"open_trunk": round(t_open, 3), "total": round(time.perf_counter() - t_start, 3),
                                       "cases": {i: metas[i].get("seconds") for i in metas}, "computed": computed,
                                       "resumed": skipped})
-        manifest = write_manifest(out, CACHE_KIND, body, files, force=True)
-        total = body["bytes_on_disk"]
+        manifest = dict(made.write(out, files).record)
+        total = made.bytes_on_disk
         log(f"cache written to {out}: {len(plan.cases)} case(s), {total:,} bytes on disk ({total / 2**20:.1f} MiB)"
             + (f"; {len(skipped)} case(s) kept from an interrupted run" if skipped else ""))
         return manifest
@@ -415,8 +415,8 @@ def build_cache(trunk_dir, data: str | Path, organ: str, out: str | Path, config
 
 
 def cache_manifest(out: Path, plan: CachePlan, trunk, trunk_folder: str, trunk_hash: str, metas: dict[str, dict],
-                   backends_used: list[dict], timings: dict) -> tuple[dict, list[Path]]:
-    """The feature cache's manifest body and the files it lists (the plan, then every case's files), from
+                   backends_used: list[dict], timings: dict) -> tuple[CacheManifest, list[Path]]:
+    """The feature cache's manifest (not yet written) and the files it lists (the plan, then every case's files), from
     what is in `out` once every case is written."""
     files = [Path(PLAN_NAME)]
     case_bytes = {}
@@ -427,17 +427,15 @@ def cache_manifest(out: Path, plan: CachePlan, trunk, trunk_folder: str, trunk_h
         case_bytes[item.id] = int(sum((folder / nm).stat().st_size for nm in names))
     total = int(sum((out / f).stat().st_size for f in files))
     drawn = plan.drawn
-    body = {
-        "trunk": {"folder": trunk_folder, "manifest_sha256": trunk_hash, "cut": trunk.cut,
-                  "graph": trunk.graph_precision, "output_names": list(trunk.output_names)},
-        "cut": trunk.cut, "organ": drawn["organ"],
-        "preprocess": trunk.preprocess.to_dict(), "preprocess_sha256": trunk.preprocess.sha256(),
-        "data": {"path": drawn["data"], "layout": drawn["layout"]}, "k": drawn["k"], "seed": drawn["seed"],
-        "draw": drawn["draw"], "settings": plan.settings,
-        "supports": [i.id for i in plan.cases if i.role == "support"],
-        "queries": [{"id": i.id, "image": str(i.image)} for i in plan.cases if i.role == "query"],
-        "cases": {i.id: {kk: v for kk, v in metas[i.id].items() if kk != "seconds"} for i in plan.cases},
-        "ran": trunk.ran, "backend_reason": trunk.reason, "backends_used": backends_used,
-        "case_bytes": case_bytes, "bytes_on_disk": total, "timings_seconds": timings,
-    }
-    return body, files
+    manifest = CacheManifest(
+        trunk=CacheTrunk(folder=trunk_folder, manifest_sha256=trunk_hash, cut=trunk.cut, graph=trunk.graph_precision,
+                         output_names=tuple(trunk.output_names)),
+        cut=trunk.cut, organ=drawn["organ"], preprocess=trunk.preprocess, preprocess_sha256=trunk.preprocess.sha256(),
+        supports=tuple(i.id for i in plan.cases if i.role == "support"),
+        queries=tuple({"id": i.id, "image": str(i.image)} for i in plan.cases if i.role == "query"),
+        cases={i.id: {kk: v for kk, v in metas[i.id].items() if kk != "seconds"} for i in plan.cases},
+        bytes_on_disk=total,
+        extra={"data": {"path": drawn["data"], "layout": drawn["layout"]}, "k": drawn["k"], "seed": drawn["seed"],
+               "draw": drawn["draw"], "settings": plan.settings, "ran": trunk.ran, "backend_reason": trunk.reason,
+               "backends_used": backends_used, "case_bytes": case_bytes, "timings_seconds": timings})
+    return manifest, files

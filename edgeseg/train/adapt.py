@@ -324,7 +324,6 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     from edgeseg.runtime.host import idle_cores
     from edgeseg.runtime.artifacts.adapter import AdapterIO, AdapterManifest
     from edgeseg.runtime.artifacts.trunk import TrunkManifest
-    from edgeseg.runtime.manifest import content_hash
     from edgeseg.train.size_prior import QuerySizeEstimator, target_size_ml
 
     config.check()
@@ -403,7 +402,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
         extra={
             "init": init, "trainable_params": count_trainable(adapter),
             "config": {**config.to_dict(), "threads": threads},
-            "cache": {"path": str(Path(cache_dir).resolve()), "manifest_sha256": content_hash(cache.manifest)},
+            "cache": {"path": str(Path(cache_dir).resolve()), "manifest_sha256": cache.manifest_hash},
             "loss_curve": [round(float(np.mean(losses[i:i + k])), 6) for i in range(0, len(losses), k)],
             "loss_curve_every": k, "steps": fit["steps_run"], "kept_step": fit["kept_step"], "stopped": stopped,
             "heldout": {"case": heldout[0].case_id, "dice": fit["heldout_dice"], "curve": fit["heldout"]} if heldout else None,

@@ -13,13 +13,14 @@ from pathlib import Path
 import pytest
 from edgeseg.runtime.artifacts.adapter import AdapterManifest
 from edgeseg.runtime.artifacts.base import ENVELOPE
+from edgeseg.runtime.artifacts.cache import CacheManifest
 from edgeseg.runtime.artifacts.engine import EngineManifest
 from edgeseg.runtime.artifacts.trunk import TrunkManifest
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.manifest import MANIFEST_NAME, content_hash, read_manifest, write_manifest
 
 LEGACY = Path(__file__).parent / "legacy"
-CLASSES = {"trunk": TrunkManifest, "engine": EngineManifest, "adapter": AdapterManifest}
+CLASSES = {"trunk": TrunkManifest, "engine": EngineManifest, "adapter": AdapterManifest, "cache": CacheManifest}
 
 
 def legacy_folder(kind: str, tmp_path: Path) -> Path:
@@ -41,8 +42,8 @@ def test_a_manifest_the_old_writers_wrote_still_opens_and_writes_back_the_same_j
     m = cls.from_folder(folder, verify_files=False)  # kind and self-hash checked; the files are not kept here
     assert m.record == old and m.sha256 == old["manifest_sha256"] == content_hash(old)
     assert m.body() == body_of(old)  # typed fields + extras: the same keys and values as written
-    assert m.write(tmp_path / "again", []).record["kind"] == kind
-    assert body_of(read_manifest(tmp_path / "again", kind)) == body_of(old)
+    assert m.write(tmp_path / "again", []).record["kind"] == cls.KIND == old["kind"]
+    assert body_of(read_manifest(tmp_path / "again", cls.KIND)) == body_of(old)
     assert cls.from_folder(tmp_path / "again") == m  # typed fields and extras equal; only the envelope differs
 
 
@@ -57,6 +58,13 @@ def test_the_typed_fields_are_what_the_old_manifests_recorded(tmp_path):
     assert (adapter.adapter, adapter.organ, adapter.cut, adapter.io.inputs) == ("lp", "liver", "decoder1", ("features",))
     assert adapter.trunk_manifest_sha256 == trunk.sha256  # trained on this trunk's features
     assert "loss_curve" in adapter.extra and "graph_parity" in adapter.extra
+
+    cache = CacheManifest.from_folder(legacy_folder("cache", tmp_path), verify_files=False)
+    raw = json.loads((LEGACY / "cache.json").read_text())
+    assert (cache.organ, cache.cut, cache.output_names) == ("liver", "decoder1", ("features",))
+    assert cache.supports == tuple(raw["supports"]) and len(cache.queries) == 1 and set(cache.cases) == set(raw["cases"])
+    assert cache.trunk.manifest_sha256 == raw["trunk"]["manifest_sha256"] and cache.bytes_on_disk == raw["bytes_on_disk"]
+    assert cache.preprocess.sha256() == raw["preprocess_sha256"] and "settings" in cache.extra
 
     engine = EngineManifest.from_folder(legacy_folder("engine", tmp_path), verify_files=False)
     assert engine.organs == ("liver",) and engine.io.outputs == ("prob_liver",) and engine.window == trunk.window
