@@ -45,3 +45,17 @@ def test_bad_option_value_is_exit_code_2_with_json_error(tmp_path):
     assert result.exit_code == 2
     err = json.loads(result.output)
     assert err["error"] == "InputError" and "--spacing" in err["problem"] and err["fix"]
+
+
+def test_a_bad_choice_is_exit_2_and_with_json_one_json_error_on_stdout(tmp_path):
+    """Typer checks the enum choices (--backend, --precision) before a command runs: under --json that refusal is
+    one JSON object on stdout as every other error, and the choices are named."""
+    args = [sys.executable, "-m", "edgeseg", "predict", "--engine", str(tmp_path), "--out", str(tmp_path / "o"),
+            "--backend", "tensorrrt", str(tmp_path / "ct.nii.gz")]
+    proc = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    err = json.loads(proc.stdout)
+    assert err["error"] == "InputError" and "'tensorrrt' is not one of" in err["problem"] and "--help" in err["fix"]
+    plain = subprocess.run(args, capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 2 and plain.stdout == "" and "tensorrrt" in plain.stderr
+    assert not (tmp_path / "o").exists()

@@ -9,6 +9,7 @@ error to 1; with `--json`, errors are printed as JSON too (`edgeseg.cli.output`)
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 
@@ -47,4 +48,22 @@ def main() -> None:
     if not os.environ.get("EDGESEG_DEBUG"):  # libraries' warnings are for their developers, not for a user's terminal
         warnings.filterwarnings("ignore")
         logging.getLogger("nibabel").setLevel(logging.ERROR)
-    app()
+    if "--json" not in sys.argv[1:]:
+        app()
+        return
+    # With --json every error is one JSON object on stdout, a bad option value (Typer checks the choices) too.
+    import json
+
+    from edgeseg.runtime.errors import InputError
+
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        raise SystemExit(1) from None
+    except Exception as e:  # a usage error: click's, or Typer's own copy of it in newer Typer (same interface)
+        if not (callable(getattr(e, "format_message", None)) and isinstance(getattr(e, "exit_code", None), int)):
+            raise
+        where = e.ctx.command_path if getattr(e, "ctx", None) is not None else "edgeseg"
+        print(json.dumps(InputError(e.format_message(), fix=f"see `{where} --help`").to_dict()))
+        raise SystemExit(e.exit_code) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
