@@ -50,7 +50,6 @@ from edgeseg.runtime.errors import EdgesegError, InputError
 __all__ = [
     "WindowAggregator",
     "box_at_scale",
-    "count_windows",
     "gaussian_importance",
     "pad_widths",
     "plan_windows",
@@ -198,12 +197,6 @@ def plan_windows(shape: Sequence[int], window: Sequence[int], overlap: float = 0
     shape, window = _check_shape(shape), _check_window(window)
     per_axis = [window_starts(n, w, overlap, align=align) for n, w in zip(shape, window)]
     return [tuple(s) for s in itertools.product(*per_axis)]  # type: ignore[misc]
-
-
-def count_windows(shape: Sequence[int], window: Sequence[int], overlap: float = 0.25, *, align: int = 1) -> int:
-    """len(plan_windows(...)), without building the list."""
-    shape, window = _check_shape(shape), _check_window(window)
-    return math.prod(len(window_starts(n, w, overlap, align=align)) for n, w in zip(shape, window))
 
 
 def _aligned(starts: list[Start], pads: tuple[tuple[int, int], ...], a: int) -> bool:

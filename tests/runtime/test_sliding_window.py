@@ -17,7 +17,6 @@ from edgeseg.runtime.errors import EdgesegError, InputError
 from edgeseg.runtime.sliding_window import (
     WindowAggregator,
     box_at_scale,
-    count_windows,
     gaussian_importance,
     pad_widths,
     plan_windows,
@@ -27,6 +26,11 @@ from edgeseg.runtime.sliding_window import (
 )
 
 W16 = (16, 16, 16)
+
+
+def count_windows(shape, window, overlap=0.25, *, align=1) -> int:
+    """How many windows the plan runs: the product of the windows per axis."""
+    return math.prod(len(window_starts(n, w, overlap, align=align)) for n, w in zip(shape, window))
 
 
 def rand(shape, seed=0) -> np.ndarray:
