@@ -14,6 +14,7 @@ import pytest
 import torch
 from edgeseg.export import parity
 from edgeseg.export.adapter import GRAPH, WEIGHTS, _example_inputs, save_adapter
+from edgeseg.runtime.artifacts.adapter import AdapterIO, AdapterManifest
 from edgeseg.export.onnx import DEFAULT_OPSET
 from edgeseg.runtime.graph import inspect_graph
 from edgeseg.runtime.manifest import read_manifest
@@ -35,16 +36,15 @@ def _adapter(kind: str) -> torch.nn.Module:
     return build_adapter(kind, feature_size=FS, pretrained=pretrained).eval()
 
 
-def _body(kind: str) -> dict:
-    return {"adapter": kind, "cut": CUT_OF[kind], "feature_size": FS,
-            "io": {"inputs": INPUTS[CUT_OF[kind]], "output": "logits"}}
+def _body(kind: str) -> AdapterManifest:
+    return AdapterManifest(adapter=kind, cut=CUT_OF[kind], feature_size=FS, io=AdapterIO(tuple(INPUTS[CUT_OF[kind]])))
 
 
 @pytest.mark.parametrize("kind", ADAPTERS)
 def test_every_adapter_graph_matches_torch_within_the_fp32_tolerance(kind, tmp_path):
     adapter = _adapter(kind)
     names = INPUTS[CUT_OF[kind]]
-    manifest = save_adapter(adapter, tmp_path, _body(kind))
+    manifest = save_adapter(adapter, tmp_path, _body(kind)).record
     assert read_manifest(tmp_path, "adapter") == manifest
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([GRAPH, WEIGHTS, "manifest.json"])
     report = manifest["graph_parity"]
