@@ -113,6 +113,8 @@ def run_case(engine, plan: CasePlan, opts: PredictOptions, read_ahead: ReadAhead
             "peak_rss_gib": peak_rss_gib(), "memory": memory, "options": asdict(opts),
             "outputs": [p.name for p in written],
         }
+        if plan.redo_because is not None:  # a rerun under other options or another engine: the report says why
+            report["redone_because"] = plan.redo_because
         write_text_atomic(plan.report_path, json.dumps(report, indent=2) + "\n", force=True)
     except BaseException:
         # Ctrl-C, disk full, a bad scan: remove what this attempt wrote (and, when an earlier edgeseg run had

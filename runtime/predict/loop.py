@@ -72,8 +72,6 @@ def _run_all(engine, scans: list[Path], out: Path, opts: PredictOptions,
                             ahead[nxt] = read_ahead
                 # a redo replaces the case's own outputs: its report records it as --force, as it always has
                 r = run_case(engine, plan, replace(opts, force=True) if plan.redo_because else opts, ahead.pop(i, None))
-                if plan.redo_because is not None:
-                    r["redone_because"] = plan.redo_because
                 log(_summary(r))
                 reports.append(r)
             if progress:

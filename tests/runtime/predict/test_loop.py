@@ -91,3 +91,4 @@ def test_a_rerun_with_other_options_or_another_engine_redoes_the_case_and_says_s
     assert engine.calls == 3 and again["redone_because"] == "another engine"
     saved = json.loads((out / f"{scans[0].name}_ct.json").read_text())
     assert saved["made_with"]["engine_manifest_sha256"] == "b" * 64
+    assert saved["redone_because"] == "another engine"  # the file on disk says why, not only the returned report
