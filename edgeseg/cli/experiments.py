@@ -22,6 +22,9 @@ def pretrain(
     spacing: float = typer.Option(3.0, "--spacing", help="Model grid spacing, mm."),
     window: int = typer.Option(64, "--window", help="Crop and sliding-window side, voxels (multiple of 32)."),
     lr: float = typer.Option(2e-3, "--lr"),
+    restart: Optional[list[str]] = typer.Option(None, "--restart", metavar="STEPS:LR",
+                                                help="A warm restart after --steps: STEPS more steps, warm-up to LR then cosine to 0 "
+                                                     "(repeatable). With --resume --force it extends a finished pretraining."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the crop draw."),
     data_seed: int = typer.Option(0, "--data-seed", help="Seed of the phantom dataset."),
     eval_every: int = typer.Option(0, "--eval-every", min=0, help="Validate every N steps as well as at the end."),
@@ -38,11 +41,12 @@ def pretrain(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     with user_errors(as_json):
-        from edgeseg.train.pretrain import PretrainConfig
+        from edgeseg.train.pretrain import PretrainConfig, parse_restart
         from edgeseg.train.pretrain import pretrain as run_pretrain
 
         config = PretrainConfig(steps=steps, n_train=n_train, n_val=n_val, feature_size=feature_size,
-                                swin_window=swin_window, spacing=spacing, window=window, lr=lr, seed=seed,
+                                swin_window=swin_window, spacing=spacing, window=window, lr=lr,
+                                restarts=tuple(parse_restart(r) for r in restart or ()), seed=seed,
                                 data_seed=data_seed, eval_every=eval_every, save_every=save_every, threads=threads)
         con = console(stderr=as_json)
         columns = (TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(),

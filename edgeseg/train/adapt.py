@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,16 +235,13 @@ def fit_adapter(adapter, sampler, config: AdaptConfig, *, heldout=(), window: Se
     import torch
 
     from edgeseg.train.losses import segmentation_loss
+    from edgeseg.train.schedule import warmup_cosine
     from edgeseg.train.size_prior import ti_loss
 
     steps, lr = int(config.steps), float(config.lr)
     opt = torch.optim.AdamW([p for p in adapter.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
     warm = max(1, int(round(config.warmup * steps)))
 
-    def lr_at(step: int) -> float:  # linear warm-up, then cosine to 0
-        if step < warm:
-            return lr * (step + 1) / warm
-        return 0.5 * lr * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
 
     estimators = list(estimators)
     heldout = list(heldout)
@@ -272,7 +268,7 @@ def fit_adapter(adapter, sampler, config: AdaptConfig, *, heldout=(), window: Se
     step = 0
     for step in range(1, steps + 1):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step - 1)
+            group["lr"] = warmup_cosine(step - 1, steps, warm, lr)
         kinds = ["positive"] + [sampler.kind_of(float(rng.random()), config.neighbour_fraction, config.negative_fraction)
                                 for _ in range(config.batch_size - 1)]
         batch = [sampler.sample(k) for k in kinds]

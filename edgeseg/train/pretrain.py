@@ -15,11 +15,14 @@ Recipe, trained like the paper's foundation model (many labelled structures, one
   left and right organs are different classes).
 - Loss: per-channel soft Dice over the batch on the channels present in the batch (an absent channel's
   Dice only teaches it to stay silent, which BCE already does) + BCE on every channel.
-- AdamW, linear warm-up then cosine to 0, gradient norm clipped at 1 (a step whose gradient is not
+- AdamW, linear warm-up then cosine to 0, optionally followed by warm restarts (SGDR, Loshchilov & Hutter
+  2017: each restart warms up again to its own peak and anneals to 0 over its own steps), gradient norm clipped at 1 (a step whose gradient is not
   finite is skipped and counted), a fixed number of steps, float32 throughout (bfloat16 autocast was
   1.4x faster per step on this CPU but its backward overflowed to inf within 5 steps).
 - Resumable: the whole training state is saved every `save_every` steps; `--resume` continues the same
   schedule, so the weights can be trained across several runs; each run is recorded (wall and CPU time).
+  A finished schedule can be extended by a warm restart (`--restart STEPS:LR`): the state continues into
+  it, and a schedule that is not an extension of the state's is refused.
 - Validation: sliding-window Dice per labelled organ on held-out SOURCE and TARGET phantoms.
 """
 
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +38,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgeseg.runtime.errors import InputError
+from edgeseg.train.schedule import warmup_cosine
 
 # The truly novel structures: never labelled in pretraining (the paper's setting B).
 NOVEL_ORGANS: tuple[str, ...] = ("inferior_vena_cava", "esophagus")
@@ -72,6 +75,7 @@ class PretrainConfig:
     gen_max_voxels: int = 6_000_000  # phantoms are generated at their sampled spacing, coarsened to this
     threads: int | None = None
     eval_every: int = 0  # steps between validations during training (0: only at the end)
+    restarts: tuple[tuple[int, float], ...] = ()  # warm restarts after `steps`: (steps, peak lr) each
     save_every: int = 100  # steps between saves of the resumable training state
 
     # Fields that do not change the weights a run produces: a resumed run may differ in these.
@@ -80,7 +84,25 @@ class PretrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["depths"], d["num_heads"] = list(self.depths), list(self.num_heads)
+        d["restarts"] = [[int(n), float(lr)] for n, lr in self.restarts]
         return d
+
+    @property
+    def cycles(self) -> list[tuple[int, float]]:
+        """The schedule's cycles, (steps, peak lr) each: the first run, then every warm restart."""
+        return [(self.steps, self.lr), *((int(n), float(lr)) for n, lr in self.restarts)]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(n for n, _ in self.cycles)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of `step`: in each cycle a linear warm-up to its peak, then cosine to 0."""
+        for n, peak in self.cycles:
+            if step < n:
+                return warmup_cosine(step, n, self.warmup, peak)
+            step -= n
+        return 0.0
 
     def schedule_dict(self) -> dict:
         return {k: v for k, v in self.to_dict().items() if k not in self.RUN_ONLY}
@@ -93,6 +115,18 @@ class PretrainConfig:
         return ModelSpec(feature_size=self.feature_size, depths=tuple(self.depths), num_heads=tuple(self.num_heads),
                          swin_window=self.swin_window, out_channels=len(BASE_ORGANS), class_names=BASE_ORGANS,
                          preprocess=PreprocessSpec(spacing=(s, s, s), window=(self.window,) * 3))
+
+
+def parse_restart(text: str) -> tuple[int, float]:
+    """``"3000:1e-3"`` -> ``(3000, 0.001)``: a warm restart's steps and peak learning rate."""
+    try:
+        n, lr = text.split(":")
+        steps, peak = int(n), float(lr)
+    except ValueError:
+        raise InputError(f"--restart {text!r} is not STEPS:LR", fix="e.g. --restart 3000:1e-3") from None
+    if steps < 1 or not peak > 0:
+        raise InputError(f"--restart {text!r}: steps and lr must be positive", fix="e.g. --restart 3000:1e-3")
+    return steps, peak
 
 
 @dataclass
@@ -314,12 +348,15 @@ def load_state(path: Path, config: PretrainConfig, model, opt, rng: np.random.Ge
                          fix="delete it and start again without --resume") from None
     if not isinstance(blob, dict) or blob.get("format") != 1:
         raise InputError("is not an edgeseg pretraining state", path=path, fix="start again without --resume")
-    theirs, ours = blob["config"], config.schedule_dict()
+    theirs, ours = {"restarts": [], **blob["config"]}, config.schedule_dict()  # states before restarts had none
     diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
+    if diff == ["restarts"] and ours["restarts"][:len(theirs["restarts"])] == theirs["restarts"]:
+        diff = []  # the same schedule extended by warm restarts: the state continues into them
     if diff:
         raise InputError("was saved with another training schedule: " + ", ".join(
             f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} now" for k in diff), path=path,
-            fix="resume with the same options (see its config), or start again in another --out")
+            fix="resume with the same options (see its config), adding only warm restarts (--restart), "
+                "or start again in another --out")
     model.load_state_dict(blob["model"])
     state = {k: {n: (v.float() if torch.is_tensor(v) and v.dtype == torch.bfloat16 else v) for n, v in st.items()}
              for k, st in blob["opt"]["state"].items()}
@@ -360,8 +397,9 @@ def pretrain(out: str | Path, config: PretrainConfig = PretrainConfig(), *, forc
     if state_path.exists() and not resume and not force:
         raise InputError("holds an unfinished pretraining state", path=state_path,
                          fix="pass --resume to continue it, or --force to start again")
-    if config.steps < 1 or config.batch_size < 1:
-        raise InputError(f"steps={config.steps} and batch_size={config.batch_size} must be positive")
+    if config.steps < 1 or config.batch_size < 1 or any(n < 1 or lr <= 0 for n, lr in config.restarts):
+        raise InputError(f"steps={config.steps}, batch_size={config.batch_size} and every restart's steps and lr "
+                         f"({config.restarts}) must be positive", fix="e.g. --steps 3000 --restart 3000:1e-3")
     if config.window % 32:
         raise InputError(f"window={config.window} must be a multiple of 32 (SwinUNETR)", fix="use 64 or 96")
     if config.threads:
@@ -388,17 +426,11 @@ def pretrain(out: str | Path, config: PretrainConfig = PretrainConfig(), *, forc
     if resume:
         start, losses, evals, runs = load_state(state_path, config, model, opt, rng)
         skipped = [s for r in runs for s in r.get("skipped_steps", [])]
-        log(f"resumed at step {start} of {config.steps} (run {len(runs) + 1})")
+        log(f"resumed at step {start} of {config.total_steps} (run {len(runs) + 1})")
     run = {"run": len(runs) + 1, "from_step": start, "to_step": start, "wall_seconds": 0.0, "cpu_seconds": 0.0,
            "threads": torch.get_num_threads(), "host": host_description(), "torch": torch.__version__,
            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     runs.append(run)
-
-    def lr_at(step: int) -> float:
-        if step < config.warmup:
-            return config.lr * (step + 1) / config.warmup
-        t = (step - config.warmup) / max(1, config.steps - config.warmup)
-        return 0.5 * config.lr * (1 + math.cos(math.pi * t))
 
     def checkpoint(step: int) -> None:
         run.update(to_step=step, wall_seconds=round(time.perf_counter() - t0, 1),
@@ -410,9 +442,10 @@ def pretrain(out: str | Path, config: PretrainConfig = PretrainConfig(), *, forc
 
     t1 = time.perf_counter()
     step = start
-    while step < config.steps:
+    total = config.total_steps
+    while step < total:
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = config.lr_at(step)
         crops = [sampler.sample(rng, augment=config.augment) for _ in range(config.batch_size)]
         x = torch.from_numpy(np.stack([c[0] for c in crops]))[:, None]
         y = torch.from_numpy(np.stack([c[1] for c in crops]))
@@ -427,18 +460,18 @@ def pretrain(out: str | Path, config: PretrainConfig = PretrainConfig(), *, forc
         losses.append(round(float(loss.detach()), 5))
         step += 1
         if progress:
-            progress("train", step, config.steps, float(np.mean(losses[-20:])))
-        if config.eval_every and step % config.eval_every == 0 and step < config.steps:
+            progress("train", step, total, float(np.mean(losses[-20:])))
+        if config.eval_every and step % config.eval_every == 0 and step < total:
             model.eval()
             evals.append({"step": step, **evaluate(model, val, config.window)})
             model.train()
             log(f"step {step}: " + json.dumps({d: v["mean"] for d, v in evals[-1].items() if d != "step"}))
-        if step % max(1, config.save_every) == 0 and step < config.steps:
+        if step % max(1, config.save_every) == 0 and step < total:
             checkpoint(step)
             if max_minutes is not None and time.perf_counter() - t1 > 60.0 * max_minutes:
-                log(f"stopped at step {step} of {config.steps} after {max_minutes:g} min; "
+                log(f"stopped at step {step} of {total} after {max_minutes:g} min; "
                     f"the state is in {state_path}: continue with --resume")
-                return {"kind": "pretrain", "finished": False, "step": step, "steps": config.steps,
+                return {"kind": "pretrain", "finished": False, "step": step, "steps": total,
                         "state": STATE_NAME, "runs": runs}
     timings["train_seconds"] = round(time.perf_counter() - t1, 1)
     model.eval()
@@ -532,12 +565,18 @@ def model_card(report: dict) -> str:
         "a voxel of an organ drawn uniformly among the labelled organs, the rest anywhere in the body)"
         + (", intensity augmentation (HU offset and gain, blur, noise; no flips)" if cfg.get("augment") else "")
         + f"; Dice over the organs present in the batch + BCE; AdamW lr {cfg['lr']:g} with {cfg['warmup']} warm-up "
-        f"steps then cosine; Swin attention window {spec.get('swin_window', 7)}; seed {cfg['seed']}.",
+        f"steps then cosine"
+        + "".join(f", then a warm restart of {n} steps to lr {lr:g}" for n, lr in cfg.get("restarts") or [])
+        + f"; Swin attention window {spec.get('swin_window', 7)}; seed {cfg['seed']}.",
         f"- Last run on {report['host'].get('cpu', '?')} ({report['threads']} threads, torch {report['torch']}): "
         f"phantoms {t['data_seconds']:.0f} s, training {t['train_seconds']:.0f} s, validation "
         f"{t['validation_seconds']:.0f} s; peak RSS {report['peak_rss_gib']:.2f} GiB.",
         *([f"- {report['timing_note']}"] if report.get("timing_note") else []),
         *_runs_lines(report),
+        *([("- Mean validation Dice during training: " + "; ".join(
+            f"step {e['step']} " + " / ".join(f"{e[d]['mean']:.3f}" for d in val if d in e)
+            for e in report.get("intermediate_validation") or []) + f" ({' / '.join(val)})")]
+          if report.get("intermediate_validation") else []),
         "- Loss (Dice + BCE, mean of each tenth of training): "
         + ", ".join(f"{np.mean(curve[i:i + k]):.3f}" for i in range(0, len(curve), k)),
         "",
@@ -558,7 +597,8 @@ def model_card(report: dict) -> str:
     short = [f"{n} {v:.2f}" for n, v in val[first]["per_organ"].items() if v is not None and 0.1 <= v < 0.85]
     if short:
         lines += ["", f"Below the 0.85 aim on {first} validation: {', '.join(short)}."]
-    lines += ["", f"Reproduce: `edgeseg pretrain --out DIR --steps {cfg['steps']} --seed {cfg['seed']}` "
+    restarts = "".join(f" --restart {n}:{lr:g}" for n, lr in cfg.get("restarts") or [])
+    lines += ["", f"Reproduce: `edgeseg pretrain --out DIR --steps {cfg['steps']}{restarts} --seed {cfg['seed']}` "
               "(same machine and library versions give the same weights; `--max-minutes` and `--resume` split it "
               "into runs, which continue from a state with bfloat16 optimiser moments, so a split run's weights "
               "differ from an unsplit one's in the last bits).", ""]

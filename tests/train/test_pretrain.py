@@ -22,6 +22,7 @@ from edgeseg.train.pretrain import (
     dice_per_organ,
     model_card,
     multilabel_loss,
+    parse_restart,
     pretrain,
     sample_crop,
 )
@@ -184,6 +185,39 @@ def test_pretraining_resumes_from_its_state_and_records_every_run(tmp_path):
         pretrain(tmp_path / "empty", PretrainConfig(steps=4, **_TINY), resume=True)
 
 
+def test_warm_restarts_warm_up_to_their_own_peak_and_anneal_to_zero():
+    plain = PretrainConfig(steps=10, lr=2e-3, warmup=2)
+    sgdr = PretrainConfig(steps=10, lr=2e-3, warmup=2, restarts=((6, 1e-3),))
+    assert sgdr.total_steps == 16 and plain.total_steps == 10
+    assert [sgdr.lr_at(s) for s in range(10)] == [plain.lr_at(s) for s in range(10)]  # the first cycle is unchanged
+    assert sgdr.lr_at(0) == pytest.approx(1e-3) and sgdr.lr_at(2) == pytest.approx(2e-3)
+    assert sgdr.lr_at(9) < 2e-4  # annealed before the restart
+    assert sgdr.lr_at(10) == pytest.approx(5e-4) and sgdr.lr_at(12) == pytest.approx(1e-3)  # warm-up, then its peak
+    assert sgdr.lr_at(15) < 0.15 * 1e-3 and sgdr.lr_at(16) == 0.0
+    assert parse_restart("3000:1e-3") == (3000, 1e-3)
+    for bad in ("3000", "x:1e-3", "0:1e-3", "10:-1"):
+        with pytest.raises(InputError, match="--restart"):
+            parse_restart(bad)
+
+
+def test_a_finished_pretraining_is_extended_by_a_warm_restart_and_nothing_else(tmp_path):
+    out = tmp_path / "run"
+    first = pretrain(out, PretrainConfig(steps=2, **_TINY))
+    assert first["finished"] and (out / STATE_NAME).exists()
+    longer = PretrainConfig(steps=2, restarts=((2, 1e-3),), **_TINY)
+    with pytest.raises(InputError, match="already holds pretrained weights"):
+        pretrain(out, longer, resume=True)  # replacing the weights is the user's call
+    with pytest.raises(InputError, match="another training schedule: steps 2 there, 4 now"):
+        pretrain(out, PretrainConfig(steps=4, **_TINY), resume=True, force=True)  # a longer first cycle is another schedule
+    done = pretrain(out, longer, resume=True, force=True)
+    assert done["finished"] and [(r["from_step"], r["to_step"]) for r in done["runs"]] == [(0, 2), (2, 4)]
+    assert done["loss_curve"][:2] == first["loss_curve"] and len(done["loss_curve"]) == 4
+    assert "then a warm restart of 2 steps to lr 0.001" in (out / "MODEL_CARD.md").read_text()
+    assert "--restart 2:0.001" in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(InputError, match="another training schedule: restarts"):
+        pretrain(out, PretrainConfig(steps=2, restarts=((3, 1e-3),), **_TINY), resume=True, force=True)
+
+
 def test_the_shipped_model_is_small_loads_and_matches_its_card():
     from edgeseg.model.checkpoint import load_checkpoint, sha256_file
 
@@ -192,7 +226,7 @@ def test_the_shipped_model_is_small_loads_and_matches_its_card():
     assert spec.class_names == BASE_ORGANS and not report.missing and spec.swin_window == PretrainConfig().swin_window
     meta = json.loads((DEFAULT_MODEL.parent / REPORT_NAME).read_text())
     assert meta["weights"]["sha256"] == sha256_file(DEFAULT_MODEL) and meta["finished"]
-    assert meta["config"] == {**PretrainConfig().to_dict(), "threads": meta["config"]["threads"],
+    assert {"restarts": [], **meta["config"]} == {**PretrainConfig().to_dict(), "threads": meta["config"]["threads"],
                               "eval_every": meta["config"]["eval_every"]}  # the shipped recipe is the default
     # the budget: every run of at most 2.5 hours on 2 cores, each recorded with its CPU time
     assert meta["runs"] and all(r["wall_seconds"] <= 2.5 * 3600 for r in meta["runs"])
