@@ -350,7 +350,7 @@ def run_method(method: str, organ: str, supports: list[CaseFeatures], queries: l
         estimators = [QuerySizeEstimator((q.taps("enc0"), q.taps("dec0")), voxel_volume_ml=q.voxel_ml, pool=1,
                                          chunk=window, grad_chunks=2, seed=seed) for q in queries]
         size_prior = {"S_ml": round(S, 2), "method": estimate.method}
-    fit = fit_adapter(module, sampler, adapt_config, heldout=heldout, window=window, estimators=estimators, S_ml=S,
+    fit = fit_adapter(module, sampler, adapt_config, heldout=heldout, estimators=estimators, S_ml=S,
                       record_after=False)
     train_seconds = time.perf_counter() - t0
     dsc = []

@@ -10,7 +10,7 @@ The few-shot protocol (`edgeseg.fewshot`) stores its whole cases through `cases`
 `CacheEntry` regions chosen by `regions`, as the cache does.
 """
 
-from edgeseg.features.reader import CacheEntry, FeatureCache, QueryEntry, open_cache
+from edgeseg.features.reader import CacheEntry, FeatureCache, QueryEntry, open_cache, release_pages
 from edgeseg.features.writer import CacheConfig, build_cache
 
-__all__ = ["CacheConfig", "CacheEntry", "FeatureCache", "QueryEntry", "build_cache", "open_cache"]
+__all__ = ["CacheConfig", "CacheEntry", "FeatureCache", "QueryEntry", "build_cache", "open_cache", "release_pages"]

@@ -2,11 +2,14 @@
 
 Training never runs the trunk: it samples crops from `CacheEntry` regions (`FeatureCache.supports`)
 whose arrays are ``np.load(mmap_mode="r")`` views, so memory does not grow with the scans. The few-shot
-protocol hands training the same `CacheEntry`, as views of the whole cases it stores.
+protocol hands training the same `CacheEntry`, as views of the whole cases it stores. Pages read through a
+mapping stay in the process's resident memory until released: readers that sweep a cache
+(`check_features`, training's crops, the held-out evaluation) hand them back with `release_pages`.
 """
 
 from __future__ import annotations
 
+import mmap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from edgeseg.features.regions import Box
 from edgeseg.runtime.errors import InputError
 
 __all__ = ["CACHE_KIND", "CASES_DIR", "REBUILD", "CacheEntry", "FeatureCache", "QueryEntry", "check_finite",
-           "map_array", "open_cache"]
+           "map_array", "open_cache", "release_pages"]
 
 from edgeseg.runtime.artifacts.cache import CacheManifest  # noqa: E402 - the contract this module reads
 
@@ -28,6 +31,25 @@ REBUILD = CacheManifest.REBUILD
 def map_array(path: Path) -> np.ndarray:
     """A stored .npy file, memory-mapped read-only (no pickles)."""
     return np.load(path, mmap_mode="r", allow_pickle=False)
+
+
+def release_pages(arrays) -> None:
+    """Drop the resident pages of memory-mapped `arrays` (and of views of them) from this process.
+
+    ``madvise(MADV_DONTNEED)`` on a read-only file mapping: the data stay in the kernel's page cache and
+    the next touch maps them again (a minor fault). Without it, every page a sweep has read counts in this
+    process's RSS: 1.5 GB for five supports at feature size 48. Arrays in memory are left alone.
+    """
+    if not hasattr(mmap, "MADV_DONTNEED"):  # not on this platform: the pages stay, nothing is wrong
+        return
+    seen: set[int] = set()
+    for a in arrays:
+        base = a
+        while isinstance(base, np.ndarray):
+            base = base.base
+        if isinstance(base, mmap.mmap) and id(base) not in seen and not base.closed:
+            seen.add(id(base))
+            base.madvise(mmap.MADV_DONTNEED)
 
 
 @dataclass
@@ -130,6 +152,7 @@ class FeatureCache:
         for e in [*self.supports, *self.queries]:
             for path, arr in zip(e.files, e.features):
                 check_finite(path, arr)
+                release_pages([arr])  # a sweep of the whole cache: none of it needs to stay resident
 
     def __repr__(self) -> str:
         return (f"<FeatureCache {self.folder} organ={self.organ!r} cut={self.cut} supports={len(self.case_ids)} "

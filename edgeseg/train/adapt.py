@@ -102,9 +102,12 @@ class CropSampler:
     region: the structures around it, inside the body), or anywhere in a negative window.
 
     For the pre-decoder1 cut the crop starts on even voxels so that the half-resolution `dec0` crop is exact.
+    Every `RELEASE_EVERY` crops the mapped pages read so far are released (`release_pages`): the crops wander
+    over the whole cache, whose pages would otherwise all end up in this process's resident memory.
     """
 
     KINDS = ("positive", "neighbour", "negative")
+    RELEASE_EVERY = 8
 
     def __init__(self, entries, crop: int, rng: np.random.Generator, align: int):
         self.pos = [e for e in entries if e.role == "positive"]
@@ -112,6 +115,7 @@ class CropSampler:
         if not self.pos:
             raise InputError("the cache holds no organ region", fix="rebuild the cache with supports that contain the organ")
         self.crop, self.rng, self.align = crop, rng, align
+        self._drawn = 0
         self._fg: dict[int, np.ndarray] = {}
         self._bg: dict[int, np.ndarray] = {}
         for e in self.pos:
@@ -156,6 +160,11 @@ class CropSampler:
             sl = tuple(slice(s // scale, (s + n) // scale) for s, n in zip(start, size))
             feats.append(np.asarray(f[(slice(None), *sl)], dtype=np.float32))
         label = np.asarray(entry.label[tuple(slice(s, s + n) for s, n in zip(start, size))], dtype=np.float32)
+        self._drawn += 1
+        if self._drawn % self.RELEASE_EVERY == 0:
+            from edgeseg.features import release_pages
+
+            release_pages([f for e in {id(e): e for e in [*self.pos, *self.neg]}.values() for f in e.features])
         return feats, label
 
 
@@ -169,6 +178,7 @@ def predict_features(adapter, features: Sequence[np.ndarray], window: Sequence[i
     """
     import torch
 
+    from edgeseg.features import release_pages
     from edgeseg.runtime.sliding_window import WindowAggregator, pad_widths, plan_windows
 
     fine = features[0]
@@ -194,6 +204,7 @@ def predict_features(adapter, features: Sequence[np.ndarray], window: Sequence[i
         for padded_start in plan_windows(shape, window, overlap, align=align):
             start = tuple(p - lo for p, (lo, _) in zip(padded_start, pads))
             args = [torch.from_numpy(crop(f, start, s))[None] for f, s in zip(features, scales)]
+            release_pages(features)  # mapped arrays: this window's pages need not stay resident
             agg.add([torch.sigmoid(adapter(*args))[0].numpy()], start)
     return agg.finalize(np.float32)[0][0]
 
@@ -219,14 +230,15 @@ def split_holdout(entries, config: AdaptConfig) -> tuple[list, list]:
     return [e for e in entries if e.case_id != left], [e for e in entries if e.case_id == left]
 
 
-def fit_adapter(adapter, sampler, config: AdaptConfig, *, heldout=(), window: Sequence[int] = (64, 64, 64),
-                estimators=(), S_ml: float | None = None, progress: Callable[[int, int, float], None] | None = None,
+def fit_adapter(adapter, sampler, config: AdaptConfig, *, heldout=(), estimators=(), S_ml: float | None = None, progress: Callable[[int, int, float], None] | None = None,
                 record_after: bool = True) -> dict:
     """The training loop shared by `edgeseg adapt` and the few-shot protocol (`config` already `resolved()`).
 
     `sampler.sample(kind)` gives ``(features, label)``. With `heldout` entries (a left-out support), every
-    `config.eval_every` steps the adapter's Dice on them (`heldout_dice`, windows of `window`) is recorded;
-    the best state is kept and training stops after `config.patience` evaluations without improvement.
+    `config.eval_every` steps the adapter's Dice on them (`heldout_dice`) is recorded; the best state is kept
+    and training stops after `config.patience` evaluations without improvement. The held-out windows are
+    the training crop's size: the statistics its instance norms were trained on, and an eighth of the
+    activations of a 64^3 window (at feature size 48 these took 0.9 GB, over the 1.5 GB budget).
     With `estimators` (one `QuerySizeEstimator` per query scan) and `S_ml`, from step `config.ti_warmup`
     on, every `config.ti_every` steps the size prior takes its own optimiser step on the mean S_hat of the
     queries. Returns the loss curve (per step), the held-out curve, the stop reason, the steps run and the
@@ -258,7 +270,7 @@ def fit_adapter(adapter, sampler, config: AdaptConfig, *, heldout=(), window: Se
         """Record the held-out Dice; keep the best state; True when patience has run out."""
         nonlocal best
         adapter.eval()
-        d = heldout_dice(adapter, heldout, window)
+        d = heldout_dice(adapter, heldout, (int(config.crop),) * 3)
         adapter.train()
         evals.append({"step": step, "dice": round(d, 4)})
         if best is None or d > best[0]:
@@ -317,7 +329,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
 
     from edgeseg.adapters import CUT_OF, build_adapter, count_trainable
     from edgeseg.features import open_cache
-    from edgeseg.runtime.host import idle_cores
+    from edgeseg.runtime.host import idle_cores, keep_heap_small
     from edgeseg.runtime.artifacts.adapter import AdapterIO, AdapterManifest
     from edgeseg.runtime.artifacts.trunk import TrunkManifest
     from edgeseg.train.size_prior import QuerySizeEstimator, target_size_ml
@@ -325,6 +337,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     config.check()
     config = config.resolved()
     kind = config.adapter
+    keep_heap_small()  # freed tensors go back to the system: peak memory is what the user's machine must have
     out = Path(out)
     # only an edgeseg adapter is ever replaced (with --force); a user's files there are refused, even with it
     AdapterManifest.claim(out, force=force, dry_run=True)
@@ -373,7 +386,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
         log(f"size prior: target S = {estimate.S_ml:.1f} mL from {len(estimate.kept)} support(s)")
 
     t0 = time.perf_counter()
-    fit = fit_adapter(adapter, sampler, config, heldout=heldout, window=tuple(cache.spec.window),
+    fit = fit_adapter(adapter, sampler, config, heldout=heldout,
                       estimators=[estimator] if size_prior is not None else [],
                       S_ml=size_prior["S_ml"] if size_prior is not None else None, progress=progress)
     losses, stopped = fit["losses"], fit["stopped"]

@@ -89,3 +89,25 @@ def test_features_holding_nan_are_refused_naming_the_file(clean, tmp_path):
         open_cache(broken).check_features()
     assert str(path) in str(e.value)
     assert json.loads((broken / "manifest.json").read_text())["kind"] == "feature-cache"
+
+
+def _rss_file_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1]) / 1024
+    pytest.skip("no RssFile in /proc/self/status (not Linux)")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="resident memory is read from /proc (Linux)")
+def test_released_pages_leave_the_process_but_the_data_stay_readable(tmp_path):
+    from edgeseg.features.reader import map_array, release_pages
+
+    data = np.arange(48 * 2**20 // 2, dtype=np.float16).reshape(48, -1)  # 48 MiB on disk
+    np.save(tmp_path / "f.npy", data)
+    mapped = map_array(tmp_path / "f.npy")
+    before = _rss_file_mib()
+    checksum = float(np.asarray(mapped, dtype=np.float32).sum())  # a sweep: every page becomes resident
+    assert _rss_file_mib() - before > 40
+    release_pages([mapped[:, 10:20], np.zeros(3)])  # through a view; an in-memory array is left alone
+    assert _rss_file_mib() - before < 8
+    assert float(np.asarray(mapped, dtype=np.float32).sum()) == checksum  # read again from the page cache

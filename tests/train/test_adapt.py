@@ -176,7 +176,7 @@ def test_k_of_five_leaves_one_support_out_and_keeps_the_best_held_out_state():
     assert split_holdout(entries, AdaptConfig(holdout=False))[1] == []
     torch.manual_seed(0)
     probe = torch.nn.Conv3d(4, 1, 1)
-    fit = fit_adapter(probe, CropSampler(train, 16, np.random.default_rng(0), 1), cfg, heldout=held, window=(16, 16, 16))
+    fit = fit_adapter(probe, CropSampler(train, 16, np.random.default_rng(0), 1), cfg, heldout=held)  # held-out windows: the crop, 16
     curve = fit["heldout"]
     assert [e["step"] for e in curve] == list(range(10, 61, 10))
     best = max(curve, key=lambda e: e["dice"])
@@ -194,13 +194,12 @@ def test_held_out_dice_stops_training_after_patience_and_max_minutes_stops_at_on
     cfg = AdaptConfig(adapter="lp", steps=400, lr=5e-2, crop=16, eval_every=10, patience=2, seed=0).resolved()
     train, held = split_holdout(entries, cfg)
     torch.manual_seed(0)
-    fit = fit_adapter(torch.nn.Conv3d(4, 1, 1), CropSampler(train, 16, np.random.default_rng(0), 1), cfg, heldout=held,
-                      window=(16, 16, 16))
+    fit = fit_adapter(torch.nn.Conv3d(4, 1, 1), CropSampler(train, 16, np.random.default_rng(0), 1), cfg, heldout=held)
     assert fit["steps_run"] < 400 and fit["stopped"].startswith("held-out Dice not better for 2 evaluations")
     assert fit["steps_run"] == fit["kept_step"] + 2 * 10
     quick = AdaptConfig(adapter="lp", steps=400, lr=5e-2, crop=16, max_minutes=1e-9, seed=0).resolved()
     fit = fit_adapter(torch.nn.Conv3d(4, 1, 1), CropSampler(train, 16, np.random.default_rng(0), 1), quick,
-                      heldout=held, window=(16, 16, 16))
+                      heldout=held)
     assert fit["steps_run"] == 1 and "--max-minutes" in fit["stopped"] and "kept the best held-out state" in fit["stopped"]
 
 
