@@ -41,10 +41,13 @@ def _checkpoint(feature_size: int, work: Path) -> Path:
     from edgeseg.model.spec import ModelSpec
     from edgeseg.model.swinunetr import build_swinunetr
 
+    path = work / f"random-fs{feature_size}.safetensors"
+    if path.exists():  # kept from an earlier run: the trunk and caches made from it stay valid
+        return path
     shipped = file_spec(DEFAULT_MODEL)
     spec = ModelSpec(feature_size=feature_size, out_channels=shipped.out_channels, class_names=shipped.class_names)
     torch.manual_seed(0)
-    return save_checkpoint(build_swinunetr(spec), spec, work / f"random-fs{feature_size}.safetensors", force=True)
+    return save_checkpoint(build_swinunetr(spec), spec, path)
 
 
 def _heldout_dice(trunk_dir: Path, adapter_dir: Path, heldout: list[Path], organ: str, threads: int) -> list[float]:
@@ -76,6 +79,17 @@ def _heldout_dice(trunk_dir: Path, adapter_dir: Path, heldout: list[Path], organ
     return out
 
 
+def _made_from(folder: Path, manifest_class, source) -> str | None:
+    """What the artifact in `folder` was made from (a hash read by `source`), or None when there is none:
+    a work folder kept from an earlier run is reused only if it was made from the same input."""
+    if not (folder / "manifest.json").exists():
+        return None
+    try:
+        return source(manifest_class.from_folder(folder, verify_files=False))
+    except Exception:  # noqa: BLE001 - unreadable: rebuild it
+        return None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--feature-size", type=int, default=12)
@@ -96,6 +110,8 @@ def main() -> int:
     from edgeseg.demo import DEMO_DATA_SEED
     from edgeseg.export.trunk import export_trunk
     from edgeseg.model.checkpoint import file_spec
+    from edgeseg.runtime.artifacts.cache import CacheManifest
+    from edgeseg.runtime.artifacts.trunk import TrunkManifest
     from edgeseg.runtime.host import host_description
     from edgeseg.runtime.manifest import portable_path, sha256_file
 
@@ -114,11 +130,12 @@ def main() -> int:
     rows = []
     for cut in sorted({CUT_OF[a] for a in adapters}):
         trunk = work / f"trunk-{cut}"
-        if not (trunk / "manifest.json").exists():
+        if _made_from(trunk, TrunkManifest, lambda m: m.checkpoint.sha256) != sha256_file(ckpt):
             export_trunk(ckpt, trunk, cut=cut, precisions=("fp32",), max_batch=1, threads=args.threads, force=True)
+        trunk_hash = TrunkManifest.from_folder(trunk, verify_files=False).sha256
         for organ in organs:
             cache = work / f"cache-{cut}-{organ}"
-            if not (cache / "manifest.json").exists():
+            if _made_from(cache, CacheManifest, lambda m: m.trunk.manifest_sha256) != trunk_hash:  # never a stale trunk's
                 build_cache(trunk, support, organ, cache,
                             CacheConfig(k=args.k, seed=0, backend="ort", threads=args.threads, force=True),
                             log=lambda m: None)
