@@ -125,28 +125,6 @@ def current_rss_gib() -> float:
         return 0.0
 
 
-def keep_heap_small() -> bool:
-    """Make glibc return large freed blocks to the system instead of keeping them in its heap.
-
-    glibc raises its mmap threshold each time a large block is freed (up to 32 MB), so the 1-30 MB
-    tensors of a training loop end up in a heap whose pages stay resident after they are freed: measured
-    on `edgeseg adapt` at feature size 48, 220 MB more resident memory while training and 500 MB more
-    at the held-out evaluation's peak. Fixing the thresholds (``mallopt``, what ``MALLOC_MMAP_THRESHOLD_``
-    does at start-up) keeps blocks over 128 KiB out of the heap. False where the C library is not glibc:
-    nothing changes there.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    return bool(mallopt(M_MMAP_THRESHOLD, 128 * 1024)) and bool(mallopt(M_TRIM_THRESHOLD, 128 * 1024))
-
-
 class PeakRssDelta:
     """Context manager: the highest resident memory reached inside the block, above what it was on entry (GiB).
 

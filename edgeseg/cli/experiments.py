@@ -24,7 +24,8 @@ def pretrain(
     lr: float = typer.Option(2e-3, "--lr"),
     restart: Optional[list[str]] = typer.Option(None, "--restart", metavar="STEPS:LR",
                                                 help="A warm restart after --steps: STEPS more steps, warm-up to LR then cosine to 0 "
-                                                     "(repeatable). With --resume --force it extends a finished pretraining."),
+                                                     "(repeatable; 'none' for none; default: the shipped recipe's). "
+                                                     "With --resume --force it extends a finished pretraining."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the crop draw."),
     data_seed: int = typer.Option(0, "--data-seed", help="Seed of the phantom dataset."),
     eval_every: int = typer.Option(0, "--eval-every", min=0, help="Validate every N steps as well as at the end."),
@@ -46,7 +47,8 @@ def pretrain(
 
         config = PretrainConfig(steps=steps, n_train=n_train, n_val=n_val, feature_size=feature_size,
                                 swin_window=swin_window, spacing=spacing, window=window, lr=lr,
-                                restarts=tuple(parse_restart(r) for r in restart or ()), seed=seed,
+                                restarts=PretrainConfig.restarts if restart is None else
+                                tuple(parse_restart(r) for r in restart if r.lower() != "none"), seed=seed,
                                 data_seed=data_seed, eval_every=eval_every, save_every=save_every, threads=threads)
         con = console(stderr=as_json)
         columns = (TextColumn("{task.description}"), MofNCompleteColumn(), BarColumn(),

@@ -329,7 +329,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
 
     from edgeseg.adapters import CUT_OF, build_adapter, count_trainable
     from edgeseg.features import open_cache
-    from edgeseg.runtime.host import idle_cores, keep_heap_small
+    from edgeseg.runtime.host import idle_cores
     from edgeseg.runtime.artifacts.adapter import AdapterIO, AdapterManifest
     from edgeseg.runtime.artifacts.trunk import TrunkManifest
     from edgeseg.train.size_prior import QuerySizeEstimator, target_size_ml
@@ -337,7 +337,6 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     config.check()
     config = config.resolved()
     kind = config.adapter
-    keep_heap_small()  # freed tensors go back to the system: peak memory is what the user's machine must have
     out = Path(out)
     # only an edgeseg adapter is ever replaced (with --force); a user's files there are refused, even with it
     AdapterManifest.claim(out, force=force, dry_run=True)
