@@ -12,7 +12,8 @@ from edgeseg.runtime.support import BackendChoice, Precision
 
 
 def predict(
-    inputs: list[Path] = typer.Argument(..., help="NIfTI scans, folders of them, or text files listing them."),
+    inputs: list[Path] = typer.Argument(..., help="NIfTI scans, folders of them, DICOM CT series (a folder or folder tree: each CT series is a "
+                                             "case; needs edgeseg[dicom]), or text files listing them."),
     engine: Path = typer.Option(..., "--engine", help="An engine folder (edgeseg fuse); it holds one head per organ."),
     out: Path = typer.Option(..., "--out", help="Output folder: <case>_<organ>.nii.gz, <case>.json, ..."),
     backend: BackendChoice = typer.Option(BackendChoice.AUTO, "--backend", case_sensitive=False,
@@ -43,7 +44,7 @@ def predict(
     force: bool = typer.Option(False, "--force", help="Redo cases that have a report and overwrite existing outputs."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Segment new scans: NIfTI in, mask NIfTI out in each scan's own space, one report per scan."""
+    """Segment new scans: NIfTI or DICOM CT in, mask NIfTI out in each scan's own space, one report per scan."""
     from rich.markup import escape
     from rich.progress import Progress
 
@@ -58,7 +59,7 @@ def predict(
         from edgeseg.runtime.predict import check_out_folder, collect_inputs
 
         con = console(stderr=as_json)
-        scans = collect_inputs(inputs)  # the inputs, the output folder and its lock before the engine loads (seconds)
+        scans = collect_inputs(inputs, log=printer(con))  # the inputs, the output folder and its lock before the engine loads (seconds)
         check_out_folder(out, inputs, scans)
         with output_lock(out, "edgeseg predict"), \
                 open_engine(engine, backend=backend, precision=precision, threads=threads) as eng:

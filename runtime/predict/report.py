@@ -21,14 +21,25 @@ OUTPUT_OPTIONS = ("overlap", "threshold", "lcc", "save_prob", "preview", "volume
 _LEGACY_REPORT_KEYS = {"case", "engine", "ran", "volume_ml", "options", "outputs"}
 
 
-def made_with(engine, path: Path, opts: PredictOptions) -> dict:
-    """What a case's outputs depend on: the engine (manifest hash, graph, backend), the options, the input file."""
-    st = Path(path).stat()
+def made_with(engine, path, opts: PredictOptions) -> dict:
+    """What a case's outputs depend on: the engine (manifest hash, graph, backend), the options, the input file
+    (a DICOM series: its UID, and the size and latest change of its files)."""
     ran = getattr(engine, "ran", None) or {}
     return {"engine_manifest_sha256": getattr(engine, "manifest_hash", None),
             "graph": ran.get("graph", ran.get("precision")), "backend": ran.get("backend"),
             "options": {k: getattr(opts, k) for k in OUTPUT_OPTIONS},
-            "input": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
+            "input": input_fingerprint(path)}
+
+
+def input_fingerprint(path) -> dict:
+    """Size and modification time of the input (a NIfTI file, or every file of a DICOM series)."""
+    files = getattr(path, "files", None)
+    if files is None:
+        st = Path(path).stat()
+        return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    stats = [f.stat() for f in files]
+    return {"series_instance_uid": path.series_instance_uid, "files": len(stats),
+            "bytes": sum(st.st_size for st in stats), "mtime_ns": max(st.st_mtime_ns for st in stats)}
 
 
 def read_report(path: Path) -> dict | None:

@@ -1,0 +1,123 @@
+"""`predict` on DICOM series: the same masks as on the NIfTI they were written from, on the series' grid, with
+stable case names, UIDs in the reports and no patient attribute in any output or log line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pydicom = pytest.importorskip("pydicom", reason="DICOM tests need pip install 'edgeseg[dicom]'")
+
+from edgeseg.runtime.dicom import DicomSeries  # noqa: E402
+from edgeseg.runtime.errors import InputError  # noqa: E402
+from edgeseg.runtime.predict import PredictOptions, collect_inputs, predict_many  # noqa: E402
+from edgeseg.runtime.predict.plan import plan_case  # noqa: E402
+from tests.runtime.dicom.writer import PATIENT, write_scout, write_series  # noqa: E402
+from tests.runtime.predict.oracle import OracleEngine  # noqa: E402
+
+
+@pytest.fixture
+def study(scans, tmp_path):
+    """Both phantom scans as DICOM series in one folder tree (shuffled names, a scout), and their NIfTI files."""
+    root = tmp_path / "study"
+    for i, case in enumerate(scans):
+        img = nib.load(str(case / "ct.nii.gz"))
+        files = write_series(root / f"series{i}", np.asarray(img.dataobj), img.affine, series_number=i + 2,
+                             description=f"abdomen {i}", rescale=[(1.0, -1024.0), (0.5, -1000.0)], seed=i)
+        first = pydicom.dcmread(files[0])
+        write_scout(root / f"series{i}", series_uid=first.SeriesInstanceUID, study_uid=first.StudyInstanceUID)
+    return root
+
+
+def test_a_folder_tree_of_series_segments_each_series_as_the_nifti_would(scans, study, tmp_path):
+    engine = OracleEngine(scans)
+    lines: list[str] = []
+    reports = predict_many(engine, [study], tmp_path / "dicom", PredictOptions(lcc=True, preview=True), log=lines.append)
+    nifti = predict_many(engine, [s / "ct.nii.gz" for s in scans], tmp_path / "nifti", PredictOptions(lcc=True))
+    assert len(reports) == 2 and sum("localizer/scout image(s) skipped" in ln for ln in lines) == 2
+    for r, n in zip(reports, nifti):
+        assert r["case"].startswith(f"series{2 + reports.index(r)}_abdomen_{reports.index(r)}_")
+        assert r["dicom"]["series_instance_uid"] and r["dicom"]["slices"] == r["shape"][2]
+        assert r["volume_ml"] == pytest.approx(n["volume_ml"], rel=1e-9)
+        for organ in engine.organs:
+            a = nib.load(str(tmp_path / "dicom" / f"{r['case']}_{organ}.nii.gz"))
+            b = nib.load(str(tmp_path / "nifti" / f"{n['case']}_{organ}.nii.gz"))
+            assert a.shape == b.shape and np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
+            np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)  # the series' grid (DS keeps 1e-5 mm)
+            assert np.asarray(a.dataobj).any()
+    # the same names the next time, whatever else is in the run: a second run skips both
+    again = predict_many(engine, [study / "series1", study / "series0"], tmp_path / "dicom", PredictOptions(lcc=True, preview=True))
+    assert all(r.get("skipped") for r in again) and {r["case"] for r in again} == {r["case"] for r in reports}
+
+
+def test_no_patient_attribute_reaches_an_output_or_a_log_line(scans, study, tmp_path):
+    lines: list[str] = []
+    predict_many(OracleEngine(scans), [study], tmp_path / "out", PredictOptions(save_prob=True, preview=True),
+                 log=lines.append)
+    outputs = sorted(p for p in (tmp_path / "out").iterdir() if p.is_file())
+    assert len(outputs) > 6
+    texts = [p.read_bytes() for p in outputs] + [nib.load(str(p)).header.binaryblock for p in outputs
+                                                 if p.name.endswith(".nii.gz")]
+    texts.append("\n".join(lines).encode())
+    for value in PATIENT.values():
+        for variant in {value, value.replace("^", " "), value.split("^")[0]}:
+            assert not any(variant.encode() in t for t in texts), variant
+    report = json.loads(next(p for p in outputs if p.suffix == ".json").read_text())
+    assert report["dicom"]["study_instance_uid"] and "Patient" not in json.dumps(report)
+
+
+def test_dicom_and_nifti_inputs_mix_and_a_list_names_either(scans, study, tmp_path):
+    listing = tmp_path / "inputs.txt"
+    listing.write_text(f"{study / 'series0'}\n{scans[1] / 'ct.nii.gz'}\n")
+    found = collect_inputs([listing, scans[0] / "ct.nii.gz"])
+    assert isinstance(found[0], DicomSeries) and found[1:] == [scans[1] / "ct.nii.gz", scans[0] / "ct.nii.gz"]
+    one_file = collect_inputs([sorted((study / "series1").glob("*.dcm"))[0]])
+    assert len(one_file) == 1 and one_file[0].series_number == 3
+    with pytest.raises(InputError, match="share the case name"):
+        collect_inputs([study / "series0", study])
+
+
+def test_the_memory_check_comes_from_the_headers_before_any_pixel(scans, study, tmp_path, monkeypatch):
+    import edgeseg.runtime.dicom.read as read_mod
+
+    (series, _) = collect_inputs([study])
+    monkeypatch.setattr(read_mod, "_read_pixels", lambda *a: pytest.fail("planning read pixels"))
+    plan = plan_case(OracleEngine(scans), series, series.case_name, tmp_path, PredictOptions())
+    assert plan.input_shape == series.shape and plan.memory["peak"] > 0
+    from edgeseg.runtime.errors import ResourceError
+    from edgeseg.runtime.predict.plan import check_memory
+
+    with pytest.raises(ResourceError, match=f"UID {series.series_instance_uid}"):
+        check_memory(plan, OracleEngine(scans), PredictOptions(max_memory_gib=0.001))
+    with pytest.raises(InputError, match="--volume 2 does not exist"):
+        plan_case(OracleEngine(scans), series, series.case_name, tmp_path, PredictOptions(volume=2))
+
+
+def test_an_output_folder_inside_a_series_folder_is_refused(scans, study):
+    with pytest.raises(InputError, match="inside the input folder"):
+        predict_many(OracleEngine(scans), [study / "series0"], study / "series0" / "pred", PredictOptions())
+    assert not (study / "series0" / "pred").exists()
+
+
+def test_a_changed_series_is_redone(scans, study, tmp_path):
+    engine = OracleEngine(scans)
+    predict_many(engine, [study / "series0"], tmp_path, PredictOptions())
+    f = sorted((study / "series0").glob("*.dcm"))[3]
+    f.write_bytes(f.read_bytes())  # same content, a new modification time
+    import os
+
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))
+    lines: list[str] = []
+    predict_many(engine, [study / "series0"], tmp_path, PredictOptions(), log=lines.append)
+    assert any("the input file changed" in ln for ln in lines) and engine.calls == 2
+
+
+def test_a_nifti_folder_without_scans_still_says_so(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError, match="no .nii or .nii.gz file and no DICOM file"):
+        collect_inputs([tmp_path / "empty"])
+    assert Path(tmp_path / "empty").exists()
