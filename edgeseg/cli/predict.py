@@ -13,7 +13,7 @@ from edgeseg.runtime.support import BackendChoice, Precision
 
 def predict(
     inputs: list[Path] = typer.Argument(..., help="NIfTI scans, folders of them, DICOM CT series (a folder or folder tree: each CT series is a "
-                                             "case; needs edgeseg[dicom]), or text files listing them."),
+                                             "case; needs the dicom extra), or text files listing them."),
     engine: Path = typer.Option(..., "--engine", help="An engine folder (edgeseg fuse); it holds one head per organ."),
     out: Path = typer.Option(..., "--out", help="Output folder: <case>_<organ>.nii.gz, <case>.json, ..."),
     backend: BackendChoice = typer.Option(BackendChoice.AUTO, "--backend", case_sensitive=False,
