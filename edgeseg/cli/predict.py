@@ -41,6 +41,9 @@ def predict(
     hu_check: bool = typer.Option(True, "--hu-check/--no-hu-check",
                                   help="Refuse scans whose intensities cannot be Hounsfield units (no air, 0..255, a mask); "
                                        "--no-hu-check for a scan you know is HU (a tight crop without air)."),
+    out_format: str = typer.Option(
+        "auto", "--format", help="What each case writes: nifti (masks on the scan's grid), dicom-seg (one DICOM "
+                                 "Segmentation of the source series), both, or auto: both for DICOM input, nifti for NIfTI."),
     force: bool = typer.Option(False, "--force", help="Redo cases that have a report and overwrite existing outputs."),
     as_json: bool = JSON_OPT,
 ) -> None:
@@ -54,7 +57,8 @@ def predict(
 
         opts = PredictOptions(overlap=overlap, sw_batch=sw_batch, threshold=threshold, lcc=lcc, save_prob=save_prob,
                               preview=preview, force=force, volume=volume, max_memory_gib=max_memory,
-                              reuse_blank=reuse_blank, prefetch=prefetch, hu_check=hu_check)
+                              reuse_blank=reuse_blank, prefetch=prefetch, hu_check=hu_check,
+                              format=out_format)
         from edgeseg.runtime.lock import output_lock
         from edgeseg.runtime.predict import check_out_folder, collect_inputs
 

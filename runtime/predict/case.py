@@ -100,7 +100,7 @@ def run_case(engine, plan: CasePlan, opts: PredictOptions, read_ahead: ReadAhead
         t["postprocess"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        for p in _write_outputs(plan, opts, engine.organs, scan, prepared, probs, seg):
+        for p in _write_outputs(plan, opts, engine, scan, prepared, probs, seg):
             written.append(p)  # one by one: a failure part-way removes exactly what was written
         t["write"] = time.perf_counter() - t0
 
@@ -135,19 +135,27 @@ def run_case(engine, plan: CasePlan, opts: PredictOptions, read_ahead: ReadAhead
     return report
 
 
-def _write_outputs(plan: CasePlan, opts: PredictOptions, organs: Sequence[str], scan, prepared, probs: np.ndarray,
+def _write_outputs(plan: CasePlan, opts: PredictOptions, engine, scan, prepared, probs: np.ndarray,
                    seg: Segmentation) -> Iterator[Path]:
     """Write the case's outputs on the scan's grid, yielding each file once it is complete."""
     from edgeseg.runtime.preprocess import to_input_grid
 
-    out, case, force = plan.out, plan.case, plan.force
+    out, case, force, organs = plan.out, plan.case, plan.force, engine.organs
+    fmt = opts.output_format(isinstance(plan.path, DicomSeries))
     for organ, mask in seg.masks.items():
-        yield save_like(mask, scan, out / f"{case}_{organ}.nii.gz", force=force)
+        if fmt != "dicom-seg":
+            yield save_like(mask, scan, out / f"{case}_{organ}.nii.gz", force=force)
         if opts.save_prob:
             prob_in = to_input_grid(probs[organs.index(organ)], prepared.transform, order=1).astype(np.float32)
             yield save_like(prob_in, scan, out / f"{case}_{organ}_prob.nii.gz", force=force)
-    if seg.labels is not None:
+    if seg.labels is not None and fmt != "dicom-seg":
         yield save_like(seg.labels, scan, out / f"{case}_labels.nii.gz", force=force)
+    if fmt != "nifti":  # the masks as one DICOM Segmentation of the source series, pixel-aligned with it
+        from edgeseg import __version__
+        from edgeseg.runtime.dicom.seg import write_seg
+
+        yield write_seg(out / f"{case}_seg.dcm", plan.path, seg.masks, algorithm_version=__version__,
+                        engine_hash=getattr(engine, "manifest_hash", None), force=force)
     if opts.preview:
         from edgeseg.runtime.png import write_preview
 

@@ -132,11 +132,16 @@ def case_names(paths: Sequence[Path | DicomSeries]) -> list[str]:
     return names
 
 
-def outputs_for(case: str, organs: Sequence[str], opts: PredictOptions) -> list[str]:
-    """The file names a case writes, its report aside."""
-    names = [f"{case}_{o}.nii.gz" for o in organs]
-    if len(organs) > 1:
-        names.append(f"{case}_labels.nii.gz")
+def outputs_for(case: str, organs: Sequence[str], opts: PredictOptions, *, dicom: bool = False) -> list[str]:
+    """The file names a case writes, its report aside (`dicom`: the input is a DICOM series)."""
+    fmt = opts.output_format(dicom, case)
+    names = []
+    if fmt != "dicom-seg":
+        names += [f"{case}_{o}.nii.gz" for o in organs]
+        if len(organs) > 1:
+            names.append(f"{case}_labels.nii.gz")
+    if fmt != "nifti":
+        names.append(f"{case}_seg.dcm")
     if opts.save_prob:
         names += [f"{case}_{o}_prob.nii.gz" for o in organs]
     if opts.preview:
@@ -244,7 +249,14 @@ def plan_case(engine, path: Path | DicomSeries, case: str, out: Path, opts: Pred
     from edgeseg.runtime.preprocess import plan_grid
 
     out = Path(out)
-    names = tuple(outputs_for(case, engine.organs, opts))
+    dicom = isinstance(path, DicomSeries)
+    if not dicom:
+        opts.output_format(False, path)  # --format dicom-seg for a NIfTI: refused, naming the scan
+    names = tuple(outputs_for(case, engine.organs, opts, dicom=dicom))
+    if dicom and opts.output_format(True) != "nifti":
+        from edgeseg.runtime.dicom.seg import check_organs_coded
+
+        check_organs_coded(engine.organs, path.label)
     report_path, marker = out / f"{case}.json", out / f"{case}.partial"
     for p in (marker, report_path, *(out / n for n in names)):
         refuse_link(p)  # before anything is read or written: never through a link someone planted

@@ -18,6 +18,8 @@ from edgeseg.runtime.predict.options import PredictOptions
 REPORT_KIND = "edgeseg-predict-report"
 # Options that change what a case's outputs hold: a report made under others is redone, never kept.
 OUTPUT_OPTIONS = ("overlap", "threshold", "lcc", "save_prob", "preview", "volume", "hu_check")
+# Options added later: recorded only when not at their default, so reports made before them still hold.
+OPTIONAL_OUTPUT_OPTIONS = {"format": "auto"}
 _LEGACY_REPORT_KEYS = {"case", "engine", "ran", "volume_ml", "options", "outputs"}
 
 
@@ -27,7 +29,9 @@ def made_with(engine, path, opts: PredictOptions) -> dict:
     ran = getattr(engine, "ran", None) or {}
     return {"engine_manifest_sha256": getattr(engine, "manifest_hash", None),
             "graph": ran.get("graph", ran.get("precision")), "backend": ran.get("backend"),
-            "options": {k: getattr(opts, k) for k in OUTPUT_OPTIONS},
+            "options": {**{k: getattr(opts, k) for k in OUTPUT_OPTIONS},
+                        **{k: getattr(opts, k) for k, default in OPTIONAL_OUTPUT_OPTIONS.items()
+                           if getattr(opts, k) != default}},
             "input": input_fingerprint(path)}
 
 
@@ -74,4 +78,6 @@ def why_redo(report: dict, now: dict) -> str | None:
             diffs.append(label)
     old, new = before.get("options") or {}, now["options"]
     diffs += [f"--{k.replace('_', '-')} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    diffs += [f"--{k} {old.get(k, d)!r} -> {new.get(k, d)!r}" for k, d in OPTIONAL_OUTPUT_OPTIONS.items()
+              if k not in new and old.get(k, d) != d]
     return ", ".join(diffs) or None

@@ -58,8 +58,8 @@ def test_no_patient_attribute_reaches_an_output_or_a_log_line(scans, study, tmp_
     lines: list[str] = []
     predict_many(OracleEngine(scans), [study], tmp_path / "out", PredictOptions(save_prob=True, preview=True),
                  log=lines.append)
-    outputs = sorted(p for p in (tmp_path / "out").iterdir() if p.is_file())
-    assert len(outputs) > 6
+    outputs = sorted(p for p in (tmp_path / "out").iterdir() if p.is_file() and not p.name.endswith("_seg.dcm"))
+    assert len(outputs) > 6 and len(list((tmp_path / "out").glob("*_seg.dcm"))) == 2  # a SEG carries its patient
     texts = [p.read_bytes() for p in outputs] + [nib.load(str(p)).header.binaryblock for p in outputs
                                                  if p.name.endswith(".nii.gz")]
     texts.append("\n".join(lines).encode())
@@ -121,3 +121,28 @@ def test_a_nifti_folder_without_scans_still_says_so(tmp_path):
     with pytest.raises(InputError, match="no .nii or .nii.gz file and no DICOM file"):
         collect_inputs([tmp_path / "empty"])
     assert Path(tmp_path / "empty").exists()
+
+
+def test_round_trip_the_dicom_seg_holds_the_voxels_predict_gives_on_the_nifti(scans, study, tmp_path):
+    hd = pytest.importorskip("highdicom")
+    engine = OracleEngine(scans)
+    (r,) = predict_many(engine, [study / "series0"], tmp_path / "dicom", PredictOptions(format="dicom-seg"))
+    (n,) = predict_many(engine, [scans[0] / "ct.nii.gz"], tmp_path / "nifti", PredictOptions())
+    assert r["outputs"] == [f"{r['case']}_seg.dcm"]  # dicom-seg alone: no NIfTI mask
+    seg = hd.seg.segread(tmp_path / "dicom" / r["outputs"][0])
+    (series,) = collect_inputs([study / "series0"])
+    source_uids = [s.sop_instance_uid for s in series.slices]
+    referenced = {ref.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence
+                  for ref in item.ReferencedInstanceSequence}
+    assert referenced == set(source_uids) and seg.FrameOfReferenceUID == series.frame_of_reference_uid
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_instance_uid
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=source_uids, segment_numbers=[1, 2],
+                                               assert_missing_frames_are_empty=True)  # (slices, rows, cols, organs)
+    for i, organ in enumerate(engine.organs):
+        expected = np.asarray(nib.load(str(tmp_path / "nifti" / f"{n['case']}_{organ}.nii.gz")).dataobj)
+        got = np.transpose(pixels[..., i], (2, 1, 0))  # back to the series' (i, j, k) = the NIfTI's grid here
+        assert got.any() and np.array_equal(got, expected)
+    assert len(seg.PerFrameFunctionalGroupsSequence) < 2 * len(source_uids)  # empty frames omitted
+    # --format dicom-seg on a NIfTI: refused before any work, naming the scan
+    with pytest.raises(InputError, match="needs a DICOM series"):
+        predict_many(engine, [scans[0] / "ct.nii.gz"], tmp_path / "x", PredictOptions(format="dicom-seg"))
