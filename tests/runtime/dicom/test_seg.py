@@ -64,3 +64,27 @@ def test_a_seg_is_binary_coded_attributed_and_pixel_aligned(tmp_path):
     np.testing.assert_array_equal(np.transpose(px[..., 1], (2, 1, 0)), masks["kidney_left"])
     with pytest.raises(InputError, match="already exists"):
         write_seg(out, series, masks, algorithm_version="9.9", engine_hash=None)
+
+
+def test_a_seg_of_an_enhanced_ct_references_its_frames_and_an_empty_result_still_writes(tmp_path):
+    from edgeseg.assets import EXAMPLE_CT
+
+    img = nib.load(str(EXAMPLE_CT))
+    data = np.asarray(img.dataobj)[:40, :30, :6]
+    files = write_series(tmp_path / "single", data, img.affine)
+    legacy = hd.legacy.LegacyConvertedEnhancedCTImage(
+        [pydicom.dcmread(f) for f in files], series_instance_uid=hd.UID(), series_number=5, sop_instance_uid=hd.UID(),
+        instance_number=1)
+    (tmp_path / "multi").mkdir()
+    legacy.save_as(tmp_path / "multi" / "enhanced.dcm")
+    (series,) = find_series(tmp_path / "multi").series
+    mask = np.zeros(series.shape, np.uint8)
+    mask[5:15, 5:10, 1:4] = 1
+    seg = hd.seg.segread(write_seg(tmp_path / "a.dcm", series, {"spleen": mask}, algorithm_version="1", engine_hash=None))
+    px = seg.get_pixels_by_source_frame(source_sop_instance_uid=legacy.SOPInstanceUID,
+                                        source_frame_numbers=[s.frame + 1 for s in series.slices], segment_numbers=[1],
+                                        assert_missing_frames_are_empty=True)
+    np.testing.assert_array_equal(np.transpose(px[..., 0], (2, 1, 0)), mask)
+    empty = write_seg(tmp_path / "b.dcm", series, {"spleen": np.zeros(series.shape, np.uint8)}, algorithm_version="1",
+                      engine_hash=None)
+    assert hd.seg.segread(empty).SegmentSequence[0].SegmentLabel == "spleen"
