@@ -146,3 +146,40 @@ def test_round_trip_the_dicom_seg_holds_the_voxels_predict_gives_on_the_nifti(sc
     # --format dicom-seg on a NIfTI: refused before any work, naming the scan
     with pytest.raises(InputError, match="needs a DICOM series"):
         predict_many(engine, [scans[0] / "ct.nii.gz"], tmp_path / "x", PredictOptions(format="dicom-seg"))
+
+
+def test_the_cli_segments_a_dicom_study_and_refuses_a_tilted_series_with_exit_2(tmp_path, monkeypatch):
+    import edgeseg.runtime.engine as engine_mod
+    from typer.testing import CliRunner
+
+    from edgeseg.cli import app
+    from tests.runtime.standin_engine import make_engine, write_ct
+
+    img = nib.load(str(write_ct(tmp_path / "abdomen.nii.gz", shape=(24, 20, 12))))
+    data = np.asarray(img.dataobj)
+    files = write_series(tmp_path / "study" / "a", data, img.affine, series_number=4, description="venous")
+    write_scout(tmp_path / "study", series_uid=pydicom.dcmread(files[0]).SeriesInstanceUID)
+    monkeypatch.setattr(engine_mod, "open_engine", lambda *a, **k: make_engine(("liver", "spleen")))
+
+    def cli(*args):
+        return CliRunner().invoke(app, ["predict", *map(str, args), "--engine", "standin", "--json"])
+
+    result = cli(tmp_path / "study", "--out", tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)
+    assert report["case"].startswith("series4_venous_") and f"{report['case']}_seg.dcm" in report["outputs"]
+    assert f"{report['case']}_liver.nii.gz" in report["outputs"] and "localizer/scout image(s) skipped" in result.stderr
+    assert not any(v.split("^")[0] in result.output for v in PATIENT.values())
+    dicom_mask = np.asarray(nib.load(str(tmp_path / "out" / f"{report['case']}_liver.nii.gz")).dataobj)
+    nifti = cli(tmp_path / "abdomen.nii.gz", "--out", tmp_path / "nifti")
+    assert nifti.exit_code == 0, nifti.output
+    assert json.loads(nifti.stdout)[0]["outputs"] == ["abdomen_liver.nii.gz", "abdomen_spleen.nii.gz",
+                                                      "abdomen_labels.nii.gz"]  # NIfTI in: no SEG by default
+    nifti_mask = np.asarray(nib.load(str(tmp_path / "nifti" / "abdomen_liver.nii.gz")).dataobj)
+    assert dicom_mask.any() and np.array_equal(dicom_mask, nifti_mask)
+
+    write_series(tmp_path / "tilted", data, img.affine, series_number=8, tilt_mm=0.5)
+    result = cli(tmp_path / "tilted", "--out", tmp_path / "out2")
+    err = json.loads(result.stdout)
+    assert result.exit_code == 2 and err["error"] == "InputError" and "series 8" in err["path"]
+    assert "off perpendicular" in err["problem"] and "tilt" in err["fix"] and not (tmp_path / "out2").exists()
