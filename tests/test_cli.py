@@ -18,7 +18,7 @@ def test_help_imports_no_heavy_module():
     code = (
         "import sys; from typer.testing import CliRunner; from edgeseg.cli import app;"
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'onnxruntime', 'onnx', 'scipy', 'nibabel'});"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'onnxruntime', 'onnx', 'scipy', 'nibabel', 'pydicom', 'highdicom'});"
         "print(heavy)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

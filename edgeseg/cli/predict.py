@@ -12,7 +12,8 @@ from edgeseg.runtime.support import BackendChoice, Precision
 
 
 def predict(
-    inputs: list[Path] = typer.Argument(..., help="NIfTI scans, folders of them, or text files listing them."),
+    inputs: list[Path] = typer.Argument(..., help="NIfTI scans, folders of them, DICOM CT series (a folder or folder tree: each CT series is a "
+                                             "case; needs the dicom extra), or text files listing them."),
     engine: Path = typer.Option(..., "--engine", help="An engine folder (edgeseg fuse); it holds one head per organ."),
     out: Path = typer.Option(..., "--out", help="Output folder: <case>_<organ>.nii.gz, <case>.json, ..."),
     backend: BackendChoice = typer.Option(BackendChoice.AUTO, "--backend", case_sensitive=False,
@@ -40,10 +41,13 @@ def predict(
     hu_check: bool = typer.Option(True, "--hu-check/--no-hu-check",
                                   help="Refuse scans whose intensities cannot be Hounsfield units (no air, 0..255, a mask); "
                                        "--no-hu-check for a scan you know is HU (a tight crop without air)."),
+    out_format: str = typer.Option(
+        "auto", "--format", help="What each case writes: nifti (masks on the scan's grid), dicom-seg (one DICOM "
+                                 "Segmentation of the source series), both, or auto: both for DICOM input, nifti for NIfTI."),
     force: bool = typer.Option(False, "--force", help="Redo cases that have a report and overwrite existing outputs."),
     as_json: bool = JSON_OPT,
 ) -> None:
-    """Segment new scans: NIfTI in, mask NIfTI out in each scan's own space, one report per scan."""
+    """Segment new scans: NIfTI or DICOM CT in, mask NIfTI out in each scan's own space, one report per scan."""
     from rich.markup import escape
     from rich.progress import Progress
 
@@ -53,12 +57,13 @@ def predict(
 
         opts = PredictOptions(overlap=overlap, sw_batch=sw_batch, threshold=threshold, lcc=lcc, save_prob=save_prob,
                               preview=preview, force=force, volume=volume, max_memory_gib=max_memory,
-                              reuse_blank=reuse_blank, prefetch=prefetch, hu_check=hu_check)
+                              reuse_blank=reuse_blank, prefetch=prefetch, hu_check=hu_check,
+                              format=out_format)
         from edgeseg.runtime.lock import output_lock
         from edgeseg.runtime.predict import check_out_folder, collect_inputs
 
         con = console(stderr=as_json)
-        scans = collect_inputs(inputs)  # the inputs, the output folder and its lock before the engine loads (seconds)
+        scans = collect_inputs(inputs, log=printer(con))  # the inputs, the output folder and its lock before the engine loads (seconds)
         check_out_folder(out, inputs, scans)
         with output_lock(out, "edgeseg predict"), \
                 open_engine(engine, backend=backend, precision=precision, threads=threads) as eng:

@@ -23,6 +23,7 @@ from typing import NamedTuple, Sequence
 import numpy as np
 
 from edgeseg.runtime.atomic import remove_stale_temporaries, unlink_own, write_small_text, write_text_atomic
+from edgeseg.runtime.dicom.series import DicomSeries
 from edgeseg.runtime.errors import InputError, user_facing_os_errors
 from edgeseg.runtime.host import peak_rss_gib
 from edgeseg.runtime.nifti import load_scan, save_like
@@ -40,12 +41,17 @@ class Loaded(NamedTuple):
     seconds: dict[str, float]  # {"read": s, "preprocess": s}
 
 
-def load_and_prepare(engine, path: Path, opts: PredictOptions) -> Loaded:
-    """Read and preprocess one scan (the same code as caching)."""
+def load_and_prepare(engine, path: Path | DicomSeries, opts: PredictOptions) -> Loaded:
+    """Read (a NIfTI file or a DICOM series) and preprocess one scan (the same code as caching)."""
     from edgeseg.runtime.preprocess import preprocess_scan
 
     t0 = time.perf_counter()
-    scan = load_scan(path, volume=opts.volume, hu_check=opts.hu_check)
+    if isinstance(path, DicomSeries):
+        from edgeseg.runtime.dicom.read import load_series
+
+        scan = load_series(path, hu_check=opts.hu_check)
+    else:
+        scan = load_scan(path, volume=opts.volume, hu_check=opts.hu_check)
     t1 = time.perf_counter()
     prepared = preprocess_scan(scan, engine.preprocess)
     return Loaded(scan, prepared, {"read": t1 - t0, "preprocess": time.perf_counter() - t1})
@@ -94,13 +100,15 @@ def run_case(engine, plan: CasePlan, opts: PredictOptions, read_ahead: ReadAhead
         t["postprocess"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        for p in _write_outputs(plan, opts, engine.organs, scan, prepared, probs, seg):
+        for p in _write_outputs(plan, opts, engine, scan, prepared, probs, seg):
             written.append(p)  # one by one: a failure part-way removes exactly what was written
         t["write"] = time.perf_counter() - t0
 
+        dicom = isinstance(plan.path, DicomSeries)
         report = {
             "kind": REPORT_KIND, "made_with": made_with(engine, plan.path, opts),
-            "case": plan.case, "input": str(plan.path.resolve()), "volume": opts.volume, "shape": list(scan.shape),
+            "case": plan.case, "input": str(plan.path.path.resolve() if dicom else plan.path.resolve()),
+            "volume": opts.volume, "shape": list(scan.shape),
             "spacing_mm": [round(s, 4) for s in scan.spacing], "model_grid": list(prepared.transform.model_shape),
             "engine": str(engine.folder), "ran": engine.ran, "organs": list(engine.organs),
             "volume_ml": seg.volume_ml,
@@ -113,6 +121,8 @@ def run_case(engine, plan: CasePlan, opts: PredictOptions, read_ahead: ReadAhead
             "peak_rss_gib": peak_rss_gib(), "memory": memory, "options": asdict(opts),
             "outputs": [p.name for p in written],
         }
+        if dicom:  # which series: its UIDs (the report never holds a patient attribute)
+            report["dicom"] = plan.path.identity()
         if plan.redo_because is not None:  # a rerun under other options or another engine: the report says why
             report["redone_because"] = plan.redo_because
         write_text_atomic(plan.report_path, json.dumps(report, indent=2) + "\n", force=True)
@@ -125,19 +135,27 @@ def run_case(engine, plan: CasePlan, opts: PredictOptions, read_ahead: ReadAhead
     return report
 
 
-def _write_outputs(plan: CasePlan, opts: PredictOptions, organs: Sequence[str], scan, prepared, probs: np.ndarray,
+def _write_outputs(plan: CasePlan, opts: PredictOptions, engine, scan, prepared, probs: np.ndarray,
                    seg: Segmentation) -> Iterator[Path]:
     """Write the case's outputs on the scan's grid, yielding each file once it is complete."""
     from edgeseg.runtime.preprocess import to_input_grid
 
-    out, case, force = plan.out, plan.case, plan.force
+    out, case, force, organs = plan.out, plan.case, plan.force, engine.organs
+    fmt = opts.output_format(isinstance(plan.path, DicomSeries))
     for organ, mask in seg.masks.items():
-        yield save_like(mask, scan, out / f"{case}_{organ}.nii.gz", force=force)
+        if fmt != "dicom-seg":
+            yield save_like(mask, scan, out / f"{case}_{organ}.nii.gz", force=force)
         if opts.save_prob:
             prob_in = to_input_grid(probs[organs.index(organ)], prepared.transform, order=1).astype(np.float32)
             yield save_like(prob_in, scan, out / f"{case}_{organ}_prob.nii.gz", force=force)
-    if seg.labels is not None:
+    if seg.labels is not None and fmt != "dicom-seg":
         yield save_like(seg.labels, scan, out / f"{case}_labels.nii.gz", force=force)
+    if fmt != "nifti":  # the masks as one DICOM Segmentation of the source series, pixel-aligned with it
+        from edgeseg import __version__
+        from edgeseg.runtime.dicom.seg import write_seg
+
+        yield write_seg(out / f"{case}_seg.dcm", plan.path, seg.masks, algorithm_version=__version__,
+                        engine_hash=getattr(engine, "manifest_hash", None), force=force)
     if opts.preview:
         from edgeseg.runtime.png import write_preview
 
@@ -154,11 +172,12 @@ def _clean_up_case(paths: Sequence[Path]) -> None:
             pass
 
 
-def predict_scan(engine, path: Path, out: Path, opts: PredictOptions, case: str | None = None) -> dict:
+def predict_scan(engine, path: Path | DicomSeries, out: Path, opts: PredictOptions, case: str | None = None) -> dict:
     """Plan and segment one scan with an open engine; returns (and writes) its report.
 
     case: its output name (default: `case_names([path])`). No output lock and no engine window check:
     `predict_many` does both for a run; this is the single-case entry (benchmarks call it per process).
     """
-    plan = plan_case(engine, Path(path), case or case_names([Path(path)])[0], Path(out), opts)
+    path = path if isinstance(path, DicomSeries) else Path(path)
+    plan = plan_case(engine, path, case or case_names([path])[0], Path(out), opts)
     return run_case(engine, plan, opts)

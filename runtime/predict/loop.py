@@ -31,7 +31,7 @@ def predict_many(engine, inputs: Sequence[str | Path], out: str | Path, opts: Pr
     holds that lock already, as `edgeseg predict` does, taking it before the engine loads).
     """
     out = Path(out)
-    scans = collect_inputs(inputs)
+    scans = collect_inputs(inputs, log=log)
     check_out_folder(out, inputs, scans)
     engine.check_window()
     if locked:
@@ -40,7 +40,7 @@ def predict_many(engine, inputs: Sequence[str | Path], out: str | Path, opts: Pr
         return _run_all(engine, scans, out, opts, progress, log)
 
 
-def _run_all(engine, scans: list[Path], out: Path, opts: PredictOptions,
+def _run_all(engine, scans: list, out: Path, opts: PredictOptions,
              progress: Callable[[int, int], None] | None, log: Callable[[str], None]) -> list[dict]:
     choices = choose_cases(engine, scans, out, opts)
     for c in choices:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from edgeseg.runtime.errors import InputError
 
 MAX_MEMORY_GIB = 1 << 20  # 1 PiB: anything larger is a typo, not a budget
+FORMATS = ("auto", "nifti", "dicom-seg", "both")
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class PredictOptions:
     # (the CPU is idle during inference); on a CPU backend inference already uses every core
     prefetch: str = "auto"
     hu_check: bool = True  # refuse intensities that cannot be Hounsfield units (nifti.check_hounsfield)
+    # what a case writes: NIfTI masks, a DICOM-SEG, or both; "auto": both for a DICOM series, NIfTI for a NIfTI
+    format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.volume is not None and (isinstance(self.volume, bool) or not isinstance(self.volume, int)
@@ -40,5 +43,17 @@ class PredictOptions:
             factor = (0.5 / (1 - self.overlap)) ** 3
             raise InputError(f"--overlap {self.overlap:g} runs about {factor:.0f}x the windows of --overlap 0.5 for "
                              "no measurable gain", fix="use --overlap 0.25 (the default) to 0.5; at most 0.75")
+        if self.format not in FORMATS:
+            raise InputError(f"--format {self.format!r} must be one of {', '.join(FORMATS)}", fix="e.g. --format both")
         if self.prefetch not in ("auto", "on", "off"):
             raise InputError(f"--prefetch {self.prefetch!r} must be auto, on or off", fix="e.g. --prefetch auto")
+
+    def output_format(self, dicom: bool, name=None) -> str:
+        """What a case writes: "nifti", "dicom-seg" or "both" (`format` resolved for a DICOM or a NIfTI input)."""
+        if self.format == "auto":
+            return "both" if dicom else "nifti"
+        if self.format != "nifti" and not dicom:
+            raise InputError(f"--format {self.format} needs a DICOM series as input: a NIfTI scan has no DICOM instances "
+                             "for a Segmentation to reference", path=name,
+                             fix="pass --format nifti (or leave --format out) for NIfTI scans")
+        return self.format

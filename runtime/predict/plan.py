@@ -15,11 +15,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from edgeseg.runtime.atomic import refuse_link
+from edgeseg.runtime.dicom.series import DicomSeries, dicom_files, find_series, looks_like_dicom
 from edgeseg.runtime.errors import InputError, ResourceError
 from edgeseg.runtime.host import available_memory, available_memory_bytes, current_rss_gib
 from edgeseg.runtime.nifti import is_nifti_path, open_nifti, scan_geometry
@@ -30,17 +31,18 @@ GIB = 2**30
 
 
 # --- inputs and names ----------------------------------------------------------------------------------
-def check_out_folder(out: Path, inputs: Sequence[str | Path], scans: Sequence[Path]) -> None:
-    """Refuse an output folder that is an input folder (or inside one), or the folder of an input scan:
-    a second run would segment its own masks, and a report could land on a sidecar's name."""
+def check_out_folder(out: Path, inputs: Sequence[str | Path], scans: Sequence[Path | DicomSeries]) -> None:
+    """Refuse an output folder that is an input folder (or inside one), or the folder of an input scan or DICOM
+    series: a second run would segment its own masks, and a report could land on a sidecar's name."""
     o = Path(out).resolve()
-    folders = [Path(i).resolve() for i in inputs if Path(i).is_dir()]
+    folders = [Path(i).resolve() for i in inputs if isinstance(i, (str, Path)) and Path(i).is_dir()]
+    folders += [s.folder.resolve() for s in scans if isinstance(s, DicomSeries)]
     for f in folders:
         if o == f or f in o.parents:
             raise InputError(f"the output folder is {'the' if o == f else 'inside the'} input folder {f}", path=out,
                              fix="write the outputs to a folder outside the inputs (--out)")
     for p in scans:
-        if o == p.resolve().parent:
+        if isinstance(p, Path) and o == p.resolve().parent:
             raise InputError(f"the output folder is the folder of the input scan {p.name}", path=out,
                              fix="write the outputs to a folder of their own (--out)")
 
@@ -53,48 +55,93 @@ def case_name(path: Path) -> str:
     return path.stem
 
 
-def collect_inputs(inputs: Sequence[str | Path]) -> list[Path]:
-    """NIfTI files, folders of them (sorted), or text files listing one path per line (relative to the list)."""
-    found: list[Path] = []
-    for item in map(Path, inputs):
-        if item.is_dir():
-            scans = sorted(p for p in item.iterdir() if p.is_file() and is_nifti_path(p))
-            if not scans:
-                raise InputError("folder holds no .nii or .nii.gz file", path=item, fix="point at the scans themselves")
-            found += scans
-        elif item.suffix.lower() in (".txt", ".lst", ".list") and item.is_file():
-            lines = [ln.strip() for ln in item.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-            found += [p if p.is_absolute() else item.parent / p for p in map(Path, lines)]
-        else:
+LIST_SUFFIXES = (".txt", ".lst", ".list")
+
+
+def collect_inputs(inputs: Sequence[str | Path | DicomSeries], *,
+                   log: Callable[[str], None] = lambda m: None) -> list[Path | DicomSeries]:
+    """The scans of a run: NIfTI files and DICOM CT series (`DicomSeries`, one case each).
+
+    An input is a NIfTI file, a folder of them (sorted), a folder (tree) of DICOM files (each CT series in it;
+    localizers and other objects skipped, each with a line to `log`), one DICOM file or a DICOMDIR (its series /
+    its folder's), a `DicomSeries` already found, or a text file listing any of these (relative to the list).
+    """
+    found: list[Path | DicomSeries] = []
+    for item in inputs:
+        if isinstance(item, DicomSeries):
             found.append(item)
+            continue
+        item = Path(item)
+        if item.suffix.lower() in LIST_SUFFIXES and item.is_file():
+            lines = [ln.strip() for ln in item.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+            listed = [p if p.is_absolute() else item.parent / p for p in map(Path, lines)]
+            found += collect_inputs([p for p in listed if p.exists()], log=log)
+            found += [p for p in listed if not p.exists()]  # refused below, by name
+        else:
+            found += _expand(item, log)
     for p in found:
-        if not p.exists():
+        if isinstance(p, Path) and not p.exists():
             raise InputError("input scan not found", path=p, fix="check the path (lists are read relative to their folder)")
     case_names(found)  # refuse colliding outputs before any work
     return found
+
+
+def _expand(item: Path, log: Callable[[str], None]) -> list[Path | DicomSeries]:
+    if item.is_dir():
+        scans = sorted(p for p in item.iterdir() if p.is_file() and is_nifti_path(p))
+        if scans:
+            return scans
+        if not dicom_files(item):
+            raise InputError("folder holds no .nii or .nii.gz file and no DICOM file", path=item,
+                             fix="point at the scans themselves (NIfTI files, or a folder of DICOM series)")
+        return _series(find_series(item), log)
+    if item.is_file() and not is_nifti_path(item):
+        if item.name.upper() == "DICOMDIR":
+            return _series(find_series(item.parent), log)
+        if looks_like_dicom(item):
+            return _series(find_series(item.parent, only_file=item), log)
+    return [item]
+
+
+def _series(found, log: Callable[[str], None]) -> list[DicomSeries]:
+    for line in found.skipped:
+        log(line)
+    return list(found.series)
 
 
 # File names that dataset layouts give every scan (TotalSegmentator: sXXXX/ct.nii.gz): the folder names the case.
 GENERIC_NAMES = {"ct", "image", "img", "scan", "volume"}
 
 
-def case_names(paths: Sequence[Path]) -> list[str]:
+def case_names(paths: Sequence[Path | DicomSeries]) -> list[str]:
     """Output names per scan, stable whatever else is in the batch: the file name without .nii(.gz), or
-    `<folder>_<name>` for a generic file name such as ct.nii.gz."""
-    stems = [case_name(p) for p in paths]
-    names = [f"{p.parent.name}_{s}" if s.lower() in GENERIC_NAMES else s for p, s in zip(paths, stems)]
+    `<folder>_<name>` for a generic file name such as ct.nii.gz; a DICOM series: `DicomSeries.case_name`
+    (its number, description and a hash of its SeriesInstanceUID; never a patient attribute)."""
+    names = []
+    for p in paths:
+        if isinstance(p, DicomSeries):
+            names.append(p.case_name)
+        else:
+            stem = case_name(p)
+            names.append(f"{p.parent.name}_{stem}" if stem.lower() in GENERIC_NAMES else stem)
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise InputError(f"several inputs share the case name(s) {dupes}: their outputs would collide",
-                         fix="rename the scans or run them into separate --out folders")
+                         fix="rename the scans or run them into separate --out folders (the same DICOM series given "
+                             "twice?)")
     return names
 
 
-def outputs_for(case: str, organs: Sequence[str], opts: PredictOptions) -> list[str]:
-    """The file names a case writes, its report aside."""
-    names = [f"{case}_{o}.nii.gz" for o in organs]
-    if len(organs) > 1:
-        names.append(f"{case}_labels.nii.gz")
+def outputs_for(case: str, organs: Sequence[str], opts: PredictOptions, *, dicom: bool = False) -> list[str]:
+    """The file names a case writes, its report aside (`dicom`: the input is a DICOM series)."""
+    fmt = opts.output_format(dicom, case)
+    names = []
+    if fmt != "dicom-seg":
+        names += [f"{case}_{o}.nii.gz" for o in organs]
+        if len(organs) > 1:
+            names.append(f"{case}_labels.nii.gz")
+    if fmt != "nifti":
+        names.append(f"{case}_seg.dcm")
     if opts.save_prob:
         names += [f"{case}_{o}_prob.nii.gz" for o in organs]
     if opts.preview:
@@ -107,13 +154,13 @@ def outputs_for(case: str, organs: Sequence[str], opts: PredictOptions) -> list[
 class CaseChoice:
     """One scan of a run, before its header is read: its name, and whether (and why) it is segmented."""
 
-    path: Path
+    path: Path | DicomSeries
     case: str
     run: bool  # False: its report holds for this engine and these options; the case is skipped
     redo_because: str | None = None  # it has a report made under something else: why it is segmented again
 
 
-def choose_cases(engine, scans: Sequence[Path], out: Path, opts: PredictOptions) -> list[CaseChoice]:
+def choose_cases(engine, scans: Sequence[Path | DicomSeries], out: Path, opts: PredictOptions) -> list[CaseChoice]:
     """Every scan's name and fate, from the reports in `out`; a file there that is not an edgeseg report
     is refused here, before any work."""
     choices = []
@@ -165,7 +212,7 @@ class CasePlan:
     """Everything decided about one case before any voxel is read: the input, where its outputs go,
     whether they may replace files there, and the memory it needs (from the header)."""
 
-    path: Path  # the input scan
+    path: Path | DicomSeries  # the input scan: a NIfTI file, or a DICOM series (found, headers checked)
     case: str  # its stable name: outputs are `<case>_<organ>.nii.gz`, `<case>.json`, ...
     out: Path  # the output folder
     outputs: tuple[str, ...]  # the file names it writes, its report aside (`outputs_for`)
@@ -175,6 +222,11 @@ class CasePlan:
     model_shape: tuple[int, int, int]  # the model grid it is resampled to
     memory: dict[str, int]  # `estimate_memory`: bytes per stage and "peak"
     redo_because: str | None = None  # why its earlier report no longer holds (None: not a redo)
+
+    @property
+    def input_name(self) -> str:
+        """How messages name the input: the NIfTI file, or the DICOM series (folder, number, UID)."""
+        return self.path.label if isinstance(self.path, DicomSeries) else str(self.path)
 
     @property
     def report_path(self) -> Path:
@@ -189,7 +241,7 @@ class CasePlan:
         return [self.out / n for n in self.outputs]
 
 
-def plan_case(engine, path: Path, case: str, out: Path, opts: PredictOptions, *,
+def plan_case(engine, path: Path | DicomSeries, case: str, out: Path, opts: PredictOptions, *,
               redo_because: str | None = None) -> CasePlan:
     """The case's plan, or the refusal that needs no voxel: a link at any of its names, a file at its report's
     name that edgeseg did not write (refused even with --force), outputs that exist (without --force), a
@@ -197,7 +249,14 @@ def plan_case(engine, path: Path, case: str, out: Path, opts: PredictOptions, *,
     from edgeseg.runtime.preprocess import plan_grid
 
     out = Path(out)
-    names = tuple(outputs_for(case, engine.organs, opts))
+    dicom = isinstance(path, DicomSeries)
+    if not dicom:
+        opts.output_format(False, path)  # --format dicom-seg for a NIfTI: refused, naming the scan
+    names = tuple(outputs_for(case, engine.organs, opts, dicom=dicom))
+    if dicom and opts.output_format(True) != "nifti":
+        from edgeseg.runtime.dicom.seg import check_organs_coded
+
+        check_organs_coded(engine.organs, path.label)
     report_path, marker = out / f"{case}.json", out / f"{case}.partial"
     for p in (marker, report_path, *(out / n for n in names)):
         refuse_link(p)  # before anything is read or written: never through a link someone planted
@@ -208,12 +267,18 @@ def plan_case(engine, path: Path, case: str, out: Path, opts: PredictOptions, *,
         clash = [n for n in names if (out / n).exists()]
         if clash:
             raise InputError(f"outputs already exist: {', '.join(clash)}", path=out, fix="pass --force to overwrite them")
-    shape, affine = scan_geometry(path, volume=opts.volume)
+    if isinstance(path, DicomSeries):  # the headers were read and checked when the series was found
+        if opts.volume not in (None, 0):
+            raise InputError(f"is one 3D series; --volume {opts.volume} does not exist", path=path.label,
+                             fix="leave --volume out (it is only for 4D NIfTI series)")
+        shape, affine, itemsize = path.shape, path.affine, path.itemsize
+    else:
+        shape, affine = scan_geometry(path, volume=opts.volume)
+        itemsize = int(open_nifti(path).get_data_dtype().itemsize)
     t = plan_grid(shape, affine, engine.preprocess)
-    itemsize = int(open_nifti(path).get_data_dtype().itemsize)
     memory = estimate_memory(shape, t.model_shape, len(engine.organs), engine.preprocess.window,
                              sw_batch=opts.sw_batch, input_itemsize=itemsize, save_prob=opts.save_prob)
-    return CasePlan(Path(path), case, out, names, force, resumed, tuple(shape), tuple(t.model_shape), memory,
+    return CasePlan(path if isinstance(path, DicomSeries) else Path(path), case, out, names, force, resumed, tuple(shape), tuple(t.model_shape), memory,
                     redo_because)
 
 
@@ -244,7 +309,7 @@ def check_memory(plan: CasePlan, engine, opts: PredictOptions) -> dict:
             f"{'x'.join(map(str, shape))}, model grid {'x'.join(map(str, model_shape))} at "
             f"{'x'.join(f'{v:g}' for v in engine.preprocess.spacing)} mm, {len(engine.organs)} organ(s)) on top of the "
             f"{resident / GIB:.2f} GiB this run holds already; over the budget of {source}; nothing was written",
-            path=plan.path,
+            path=plan.input_name,
             fix=f"run it with --max-memory {need_gib:.1f} (or more) on a machine with that much free memory, or crop "
                 "the scan to the region of interest first (a large field of view or an unusual spacing makes the "
                 "model grid large)")

@@ -18,17 +18,32 @@ from edgeseg.runtime.predict.options import PredictOptions
 REPORT_KIND = "edgeseg-predict-report"
 # Options that change what a case's outputs hold: a report made under others is redone, never kept.
 OUTPUT_OPTIONS = ("overlap", "threshold", "lcc", "save_prob", "preview", "volume", "hu_check")
+# Options added later: recorded only when not at their default, so reports made before them still hold.
+OPTIONAL_OUTPUT_OPTIONS = {"format": "auto"}
 _LEGACY_REPORT_KEYS = {"case", "engine", "ran", "volume_ml", "options", "outputs"}
 
 
-def made_with(engine, path: Path, opts: PredictOptions) -> dict:
-    """What a case's outputs depend on: the engine (manifest hash, graph, backend), the options, the input file."""
-    st = Path(path).stat()
+def made_with(engine, path, opts: PredictOptions) -> dict:
+    """What a case's outputs depend on: the engine (manifest hash, graph, backend), the options, the input file
+    (a DICOM series: its UID, and the size and latest change of its files)."""
     ran = getattr(engine, "ran", None) or {}
     return {"engine_manifest_sha256": getattr(engine, "manifest_hash", None),
             "graph": ran.get("graph", ran.get("precision")), "backend": ran.get("backend"),
-            "options": {k: getattr(opts, k) for k in OUTPUT_OPTIONS},
-            "input": {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}}
+            "options": {**{k: getattr(opts, k) for k in OUTPUT_OPTIONS},
+                        **{k: getattr(opts, k) for k, default in OPTIONAL_OUTPUT_OPTIONS.items()
+                           if getattr(opts, k) != default}},
+            "input": input_fingerprint(path)}
+
+
+def input_fingerprint(path) -> dict:
+    """Size and modification time of the input (a NIfTI file, or every file of a DICOM series)."""
+    files = getattr(path, "files", None)
+    if files is None:
+        st = Path(path).stat()
+        return {"bytes": st.st_size, "mtime_ns": st.st_mtime_ns}
+    stats = [f.stat() for f in files]
+    return {"series_instance_uid": path.series_instance_uid, "files": len(stats),
+            "bytes": sum(st.st_size for st in stats), "mtime_ns": max(st.st_mtime_ns for st in stats)}
 
 
 def read_report(path: Path) -> dict | None:
@@ -63,4 +78,6 @@ def why_redo(report: dict, now: dict) -> str | None:
             diffs.append(label)
     old, new = before.get("options") or {}, now["options"]
     diffs += [f"--{k.replace('_', '-')} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    diffs += [f"--{k} {old.get(k, d)!r} -> {new.get(k, d)!r}" for k, d in OPTIONAL_OUTPUT_OPTIONS.items()
+              if k not in new and old.get(k, d) != d]
     return ", ".join(diffs) or None
