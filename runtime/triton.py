@@ -210,7 +210,11 @@ def _choose_plan(manifest, engine_dir: Path) -> tuple[Path, dict]:
     """The engine's TensorRT plan for this GPU, or a refusal saying why none can be named."""
     from edgeseg.runtime.backends.tensorrt import current_engine_key, engine_key_differences, key_string
 
-    plan, key = manifest.pick_engine(engine_dir, required=True)  # none at all: refused with the fix
+    if not manifest.engines:
+        raise InputError(f"has no TensorRT engine to serve; it holds {manifest.artifacts_present()}", path=engine_dir,
+                         fix=f"build one on a GPU like the Triton server's ({manifest.REBUILD} --tensorrt), or leave out "
+                             "--tensorrt to serve the ONNX graph with Triton's ONNX Runtime backend")
+    plan, key = manifest.pick_engine(engine_dir, required=True)
     try:
         here = current_engine_key()
     except Exception as e:  # noqa: BLE001 - no TensorRT or no GPU here: say so, never guess among several

@@ -45,7 +45,8 @@ def triton(
                                     precision=precision.value if precision else None, force=force, log=printer(con))
 
         def text() -> None:
-            checked = result["config_checked_with"] or "not parsed with Triton's protobuf (pip install 'edgeseg[triton]')"
+            checked = (f"parsed with {result['config_checked_with']}" if result["config_checked_with"]
+                       else "not parsed with Triton's protobuf (pip install 'edgeseg[triton]')")
             con.print(f"[green]triton model[/] {escape(result['model_dir'])}: {result['platform']}, max_batch_size "
                       f"{result['max_batch_size']}, preferred {result['preferred_batch_sizes']}; config.pbtxt "
                       f"{escape(checked)}", highlight=False)

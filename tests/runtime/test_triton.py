@@ -83,7 +83,7 @@ def test_the_config_parses_with_tritons_protobuf_and_names_what_the_model_file_h
 
     out, record = repo
     model = out / "edgeseg_liver_spleen"
-    assert record["model_dir"] == str(model)
+    assert record["model_dir"] == str(model) and record["config_checked_with"].startswith("tritonclient ")
     config = _parse(model / "config.pbtxt")
     assert config.name == "edgeseg_liver_spleen" and config.platform == "onnxruntime_onnx"
     assert config.default_model_filename == "model.onnx"
@@ -193,7 +193,7 @@ def test_tensorrt_without_a_plan_is_refused_with_the_fix(engine, tmp_path):
     result = CliRunner().invoke(app, ["triton", str(engine), "--out", str(tmp_path / "r"), "--tensorrt", "--json"])
     assert result.exit_code == 2, result.output
     err = json.loads(result.output)
-    assert "no TensorRT engine" in err["problem"] and "--tensorrt" in err["fix"]
+    assert "no TensorRT engine" in err["problem"] and "leave out --tensorrt" in err["fix"]
     assert not (tmp_path / "r" / "edgeseg_liver_spleen").exists()
 
 
@@ -277,3 +277,43 @@ def test_the_triton_types_are_tritons(repo):
 
     names = set(model_config_pb2.DataType.keys())
     assert set(TRITON_TYPES.values()) <= names
+
+
+def test_a_graph_with_external_weights_is_served_as_a_model_onnx_folder(engine, tmp_path):
+    """Triton's ONNX Runtime backend takes `model.onnx` as a folder holding the graph and its weights files:
+    both are copied byte for byte, and the graph there runs and gives what the engine's graph gives."""
+    import onnx
+
+    folder = tmp_path / "engine-ext"
+    shutil.copytree(engine, folder)
+    m = json.loads((folder / "manifest.json").read_text())
+    model = onnx.load(str(folder / "fused.fp32.onnx"))
+    (folder / "fused.fp32.onnx").unlink()
+    onnx.save(model, str(folder / "fused.fp32.onnx"), save_as_external_data=True, location="fused.fp32.onnx.data")
+    body = {k: v for k, v in m.items() if k not in ("kind", "written_by", "created", "libraries", "host", "files",
+                                                    "manifest_sha256")}
+    body["graphs"]["fp32"]["data_file"] = "fused.fp32.onnx.data"
+    write_manifest(folder, "engine", body, [*m["files"], "fused.fp32.onnx.data"], force=True)
+
+    record = write_triton_model(folder, tmp_path / "r", log=quiet)
+    served = tmp_path / "r" / "edgeseg_liver_spleen" / "1" / "model.onnx"
+    assert served.is_dir() and sorted(p.name for p in served.iterdir()) == ["fused.fp32.onnx.data", "model.onnx"]
+    assert (served / "fused.fp32.onnx.data").read_bytes() == (folder / "fused.fp32.onnx.data").read_bytes()
+    assert record["source"]["external_files"] == ["fused.fp32.onnx.data"]
+    config = _parse(tmp_path / "r" / "edgeseg_liver_spleen" / "config.pbtxt")
+    x = np.random.default_rng(0).random((2, *config.input[0].dims), dtype=np.float32)
+    got = _session(served / "model.onnx").run(None, {"image": x})
+    ref = _session(engine / "fused.fp32.onnx").run(None, {"image": x})
+    for g, r in zip(got, ref):
+        assert np.array_equal(g, r)
+
+
+def test_without_tritonclient_the_repository_is_written_and_says_its_config_was_not_parsed(engine, tmp_path, monkeypatch):
+    from edgeseg.runtime import triton
+
+    monkeypatch.setattr(triton, "_tritonclient_version", lambda: None)  # as on a box without edgeseg[triton]
+    lines = []
+    record = write_triton_model(engine, tmp_path / "r", log=lines.append)
+    assert record["config_checked_with"] is None
+    assert any("not parsed" in line and "edgeseg[triton]" in line for line in lines)
+    _parse(tmp_path / "r" / "edgeseg_liver_spleen" / "config.pbtxt")  # written the same way: it still parses
