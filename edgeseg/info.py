@@ -12,6 +12,11 @@ from edgeseg.runtime.host import cpu_model, memory_gib
 
 LIBRARIES = ("numpy", "scipy", "nibabel", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript",
              "torch", "monai", "einops", "safetensors", "openvino", "tensorrt", "typer", "rich")
+# optional libraries that are not backends: name -> (what edgeseg does with it, how to get it)
+OPTIONAL = {
+    "tritonclient": ("edgeseg triton parses the config.pbtxt it writes with Triton's own protobuf",
+                     "pip install 'edgeseg[triton]'"),
+}
 
 
 def environment_report() -> dict:
@@ -23,4 +28,7 @@ def environment_report() -> dict:
         "cpu": {"model": cpu_model(), "cores": os.cpu_count(), "memory_gib": memory_gib()},
         "libraries": {name: module_version(name) for name in LIBRARIES},
         "backends": [b.to_dict() for b in backends],
+        "optional": [{"name": name, "version": module_version(name), "for": what,
+                      "detail": "installed" if module_version(name) else f"not installed: {hint}"}
+                     for name, (what, hint) in OPTIONAL.items()],
     }

@@ -96,7 +96,7 @@ WRITTEN_BY = _written_by()
 # what edgeseg's writers leave in an artifact folder besides the listed files (claim_output ignores them)
 OWN_FILES = (".edgeseg.lock", "*.rejected", "*.rejected.json", "timing.*.cache")
 ARTIFACT_KINDS = {"trunk": "an exported trunk", "engine": "a fused engine", "adapter": "an adapter",
-                  "feature-cache": "a feature cache"}
+                  "feature-cache": "a feature cache", "triton-model": "a Triton model (edgeseg triton)"}
 
 
 def edgeseg_manifest(folder: str | Path) -> dict | None:

@@ -38,6 +38,15 @@ def test_info_json_lists_every_backend_with_a_reason():
         if not b["usable"]:
             assert b["install_hint"], b
     assert report["libraries"]["numpy"]
+    optional = {lib["name"]: lib for lib in report["optional"]}
+    from edgeseg.runtime.availability import module_version
+
+    triton = optional["tritonclient"]  # its version, or why not and how to get it
+    assert triton["version"] == module_version("tritonclient")
+    if triton["version"]:
+        assert triton["detail"] == "installed"
+    else:
+        assert "pip install 'edgeseg[triton]'" in triton["detail"]
 
 
 def test_bad_option_value_is_exit_code_2_with_json_error(tmp_path):

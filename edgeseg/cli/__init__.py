@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from edgeseg.cli import adapt, bench, cache, data, experiments, export, fuse, info, predict
+from edgeseg.cli import adapt, bench, cache, data, experiments, export, fuse, info, predict, triton
 
 # OpenMP threads that wait for work sleep instead of spinning: on a machine where another job holds a
 # core, spinning threads turned 45 s of adapter training into 460-650 s. Set before torch loads its
@@ -29,7 +29,7 @@ app = typer.Typer(
 )
 
 for command in (info.info, data.phantom, export.export, experiments.pretrain, cache.cache, adapt.adapt, fuse.fuse,
-                predict.predict, experiments.fewshot, experiments.demo, export.checkpoint, data.dataset):
+                predict.predict, triton.triton, experiments.fewshot, experiments.demo, export.checkpoint, data.dataset):
     app.command()(command)
 app.add_typer(bench.app, name="bench")
 

@@ -31,3 +31,6 @@ def _print_report(report: dict) -> None:
         table.add_row(b["name"], "[green]yes[/]" if b["usable"] else "[red]no[/]", escape(b["detail"]),
                       "" if b["usable"] else escape(b["install_hint"]))
     con.print(table)
+    for lib in report["optional"]:
+        state = lib["version"] or escape(lib["detail"])
+        con.print(f"{lib['name']}: {state} ({escape(lib['for'])})", highlight=False)
