@@ -11,7 +11,8 @@ The parts, one module each, none importing pydicom before a DICOM file is read (
 * `read`: a series -> `DicomScan` (a `Scan`: float32 HU per slice's own rescale, RAS affine, a NIfTI
   header of that grid for the outputs).
 * `seg` writes a DICOM Segmentation of a series; `segread` reads one organ's mask from one, on the series' grid
-  (imported on use: they need highdicom).
+  (imported on use: they need highdicom). `write` writes a volume as a DICOM CT series (the demo's DICOM
+  copy of the real CT, the read benchmark, the tests' series).
 """
 
 from edgeseg.runtime.dicom.geometry import SeriesGeometry, Slice, series_geometry
