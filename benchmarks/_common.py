@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
 
-def write_result(name: str, result: dict, *, machine: str | None = None, indent: int = 2) -> Path:
-    """Write `result` as benchmarks/results/<machine>/<name>.json (machine: this CPU's tag by default)."""
-    dest = RESULTS / (machine or machine_tag()) / f"{name}.json"
+def write_result(name: str, result: dict, *, machine: str | None = None, indent: int = 2, root: Path = RESULTS) -> Path:
+    """Write `result` as benchmarks/results/<machine>/<name>.json (machine: this CPU's tag by default; `root`: another
+    results folder, for a smoke test)."""
+    dest = Path(root) / (machine or machine_tag()) / f"{name}.json"
     dest.parent.mkdir(parents=True, exist_ok=True)
     return write_text_atomic(dest, json.dumps(result, indent=indent) + "\n", force=True)  # never through a link

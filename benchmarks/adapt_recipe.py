@@ -90,6 +90,22 @@ def _made_from(folder: Path, manifest_class, source) -> str | None:
         return None
 
 
+def _kept_adapter(out: Path, cache: Path, kind: str, crop: int | None) -> dict | None:
+    """The manifest of an adapter trained earlier in `out` on this very cache (same hash) with the default
+    recipe (or `crop`), or None: then it is trained again."""
+    from edgeseg.runtime.artifacts.adapter import AdapterManifest
+    from edgeseg.runtime.artifacts.cache import CacheManifest
+    from edgeseg.train.adapt import AdaptConfig
+
+    if not (out / "manifest.json").exists():
+        return None
+    m = AdapterManifest.from_folder(out, verify_files=True).record
+    want = AdaptConfig(adapter=kind, crop=crop).resolved().to_dict()
+    same = {k: v for k, v in m["config"].items() if k != "threads"} == {k: v for k, v in want.items() if k != "threads"}
+    made_from = (m.get("cache") or {}).get("manifest_sha256")
+    return dict(m) if same and made_from == CacheManifest.from_folder(cache, verify_files=False).sha256 else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--feature-size", type=int, default=12)
@@ -100,6 +116,9 @@ def main() -> int:
     ap.add_argument("--decoder-crops", default="", help="also train the decoder block at these crop sides (e.g. 64: "
                                                           "the window its instance norms see at inference)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--reuse-adapters", action="store_true",
+                    help="keep an adapter already trained in --work on the same cache with the same crop (its recorded "
+                         "time and memory are reported): finishes a run whose held-out Dice was interrupted")
     ap.add_argument("--work", type=Path, default=Path("/tmp/edgeseg-adapt-recipe"))
     ap.add_argument("--name", default=None, help="result name (default adapt_recipe, adapt_recipe_fs48, ...)")
     args = ap.parse_args()
@@ -143,20 +162,24 @@ def main() -> int:
             runs += [("decoder-block", int(c)) for c in args.decoder_crops.split(",") if c and cut == "pre-decoder1"]
             for kind, crop in runs:
                 out = work / (f"adapter-{kind}-{organ}" + ("" if crop is None else f"-crop{crop}"))
-                t0 = time.perf_counter()
-                done = subprocess.run([sys.executable, "-m", "edgeseg", "adapt", "--cache", str(cache), "--adapter", kind,
-                                       "--out", str(out), "--threads", str(args.threads), "--force", "--json",
-                                       *([] if crop is None else ["--crop", str(crop)])],
-                                      capture_output=True, text=True)
-                if done.returncode:
-                    raise SystemExit(f"edgeseg adapt failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
-                wall = time.perf_counter() - t0
-                m = json.loads(done.stdout)
+                m = _kept_adapter(out, cache, kind, crop) if args.reuse_adapters else None
+                wall = None  # a kept adapter's time is the one its manifest recorded when it was trained
+                if m is None:
+                    t0 = time.perf_counter()
+                    done = subprocess.run([sys.executable, "-m", "edgeseg", "adapt", "--cache", str(cache), "--adapter", kind,
+                                           "--out", str(out), "--threads", str(args.threads), "--force", "--json",
+                                           *([] if crop is None else ["--crop", str(crop)])],
+                                          capture_output=True, text=True)
+                    if done.returncode:
+                        raise SystemExit(f"edgeseg adapt failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
+                    wall = round(time.perf_counter() - t0, 1)
+                    m = json.loads(done.stdout)
                 dice = _heldout_dice(trunk, out, heldout, organ, args.threads)
                 row = {"adapter": kind, "organ": organ,
                        "setting": "A (pretrained class, other scanner)" if organ in known else "B (never labelled)",
                        "feature_size": args.feature_size, "k": args.k, "adapt_seconds": m["wall_seconds"],
-                       "process_seconds": round(wall, 1), "peak_rss_gib": m["peak_rss_gib"], "threads": m["threads"],
+                       "process_seconds": wall, "reused": wall is None, "adapter_created": m.get("created"),
+                       "peak_rss_gib": m["peak_rss_gib"], "threads": m["threads"],
                        "steps": m["steps"], "kept_step": m["kept_step"], "stopped": m["stopped"],
                        "heldout_dice": (m.get("heldout") or {}).get("dice"), "dice": round(sum(dice) / len(dice), 4),
                        "dice_per_case": dice, "lr": m["config"]["lr"], "crop": m["config"]["crop"]}

@@ -4,7 +4,9 @@ Stages: phantoms (K supports and held-out scans from the TARGET scanner, other p
 pretraining's) -> export the shipped phantom SwinUNETR's trunk (pre-decoder1 cut) -> cache the
 supports' features for each organ -> adapt a decoder-block adapter per organ with `edgeseg adapt`'s
 defaults -> fuse both into one engine -> predict the held-out phantoms and the real CT shipped with the
-package -> Dice per organ and phantom, time per stage, peak memory, a preview PNG of the real CT.
+package -> Dice per organ and phantom, time per stage, peak memory, a preview PNG of the real CT -> the
+real CT again as a DICOM series (written here, stable UIDs), segmented by the same engine into a DICOM-SEG
+and NIfTI masks that must equal the NIfTI's (stage "dicom", when pydicom and highdicom are installed).
 
 Two organs, the paper's two settings: one the foundation model was pretrained on, here on another
 scanner (setting A), and one it never saw labelled (setting B). Everything lands under `out`;
@@ -13,6 +15,7 @@ scanner (setting A), and one it never saw labelled (setting B). Everything lands
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -26,6 +29,8 @@ from edgeseg.runtime.errors import InputError
 DEMO_ORGANS: tuple[str, ...] = ("kidney_left", "inferior_vena_cava")
 # The pretraining used dataset seed 0: the demo's patients come from another one.
 DEMO_DATA_SEED = 7001
+# The DICOM copy of the real CT: its UIDs derive from this, so its case name and SEG path are the same every run.
+DICOM_UID_SEED = "edgeseg demo: example_ct_sm as DICOM"
 
 
 def run_demo(out: str | Path, *, checkpoint: str | Path | None = None, organs: Sequence[str] = DEMO_ORGANS, k: int = 5,
@@ -103,11 +108,19 @@ def run_demo(out: str | Path, *, checkpoint: str | Path | None = None, organs: S
         fuse(out / "trunk", [out / "adapter" / o for o in organs], out / "engine", precisions=("fp32",), force=True,
              threads=threads, log=log)
 
-    with timed("predict"):
-        opts = PredictOptions(force=True, preview=True)
-        with open_engine(out / "engine", backend=backend, threads=threads) as engine:
+    with contextlib.ExitStack() as stack:
+        with timed("predict"):
+            opts = PredictOptions(force=True, preview=True)
+            engine = stack.enter_context(open_engine(out / "engine", backend=backend, threads=threads))
             ran = engine.ran
             reports = predict_many(engine, heldout + [EXAMPLE_CT], out / "predictions", opts, log=log)
+        dicom = None
+        if dicom_available():
+            with timed("dicom"):
+                dicom = segment_dicom_copy(engine, EXAMPLE_CT, out / "dicom", out / "predictions",
+                                           nifti_case=reports[-1]["case"], log=log)
+        else:
+            log("the DICOM step is skipped: it needs pip install 'edgeseg[dicom]'")
     dice: dict[str, dict[str, float]] = {}
     for organ in organs:
         dice[organ] = {}
@@ -126,8 +139,54 @@ def run_demo(out: str | Path, *, checkpoint: str | Path | None = None, organs: S
         "real_ct": {"report": portable_path(out / "predictions" / "example_ct_sm.json"),
                     "preview": portable_path(out / "predictions" / "example_ct_sm_preview.png"),
                     "volume_ml": reports[-1]["volume_ml"]},
+        "real_ct_dicom": None if dicom is None else {
+            **{key: portable_path(dicom[key]) for key in ("series", "seg", "report")},
+            **{key: dicom[key] for key in ("case", "read_seconds", "volume_ml", "masks_equal_nifti")}},
         "seconds": timings, "total_seconds": round(time.perf_counter() - t_all, 1), "peak_rss_gib": peak_rss_gib(),
         "host": host_description(),
     }
     write_text_atomic(out / "demo.json", json.dumps(summary, indent=2) + "\n", force=True)
     return summary
+
+
+def dicom_available() -> bool:
+    """pydicom and highdicom are importable (the `edgeseg[dicom]` extra)."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(m) is not None for m in ("pydicom", "highdicom"))
+
+
+def segment_dicom_copy(engine, ct: Path, dicom_dir: Path, predictions: Path, *, nifti_case: str | None = None,
+                       log: Callable[[str], None] = print) -> dict:
+    """Write the NIfTI `ct` as a DICOM CT series under `dicom_dir` (UIDs from `DICOM_UID_SEED`: the same case name
+    and SEG path every run), segment it with the open `engine` into `predictions` (DICOM-SEG and NIfTI masks) and
+    name the SEG. `nifti_case`: the case `predict` made of `ct` itself in `predictions`; the series' masks must
+    equal its masks voxel for voxel (recorded as `masks_equal_nifti`). Paths in the result are absolute."""
+    import nibabel as nib
+
+    from edgeseg.runtime.dicom import one_series
+    from edgeseg.runtime.dicom.write import write_series
+    from edgeseg.runtime.nifti import load_scan
+    from edgeseg.runtime.predict import PredictOptions, predict_many
+    from edgeseg.runtime.predict.plan import case_name
+
+    scan = load_scan(ct)
+    name = case_name(Path(ct))
+    folder = Path(dicom_dir) / name
+    write_series(folder, scan.data, scan.affine, series_number=1, description=name,
+                 uid_seed=DICOM_UID_SEED, force=True)
+    (report,) = predict_many(engine, [one_series(folder)], predictions,
+                             PredictOptions(force=True, format="both"), log=log)
+    case = report["case"]
+    seg = Path(predictions) / f"{case}_seg.dcm"
+    equal = None
+    if nifti_case is not None:
+        def canonical(c: str, organ: str) -> np.ndarray:
+            img = nib.as_closest_canonical(nib.load(str(Path(predictions) / f"{c}_{organ}.nii.gz")))
+            return np.asarray(img.dataobj)
+
+        equal = all(np.array_equal(canonical(case, o), canonical(nifti_case, o)) for o in engine.organs)
+    log(f"real CT as a DICOM series: {folder} -> DICOM-SEG {seg} (read {report['seconds']['read']:.2f} s"
+        + ("" if equal is None else f"; masks {'equal' if equal else 'DIFFER from'} the NIfTI's") + ")")
+    return {"series": folder, "seg": seg, "report": Path(predictions) / f"{case}.json", "case": case,
+            "read_seconds": report["seconds"]["read"], "volume_ml": report["volume_ml"], "masks_equal_nifti": equal}

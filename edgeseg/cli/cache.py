@@ -13,7 +13,7 @@ from edgeseg.runtime.support import BackendChoice
 
 def cache(
     trunk: Path = typer.Option(..., "--trunk", help="An exported trunk folder (edgeseg export)."),
-    data: Path = typer.Option(..., "--data", help="Support dataset: TotalSegmentator folder, nnU-Net/MSD folder or CSV."),
+    data: Path = typer.Option(..., "--data", help="Support dataset: TotalSegmentator folder, nnU-Net/MSD folder or CSV (whose images may be DICOM series and labels DICOM-SEG)."),
     organ: str = typer.Option(..., "--organ", help="The structure to adapt to, as the dataset names it."),
     out: Path = typer.Option(..., "--out", help="Cache folder (memory-mapped fp16 features, labels, manifest)."),
     k: Optional[int] = typer.Option(None, "--k", min=1, help="Number of support scans drawn from the dataset (default: all)."),

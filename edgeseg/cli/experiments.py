@@ -154,6 +154,9 @@ def demo(
                       + f"; total {summary['total_seconds'] / 60:.1f} min; peak RSS {summary['peak_rss_gib']:.2f} GiB", highlight=False)
             con.print(f"ran: {summary['ran']}", highlight=False)
             con.print(f"real CT: {escape(summary['real_ct']['preview'])}", highlight=False)
+            if summary.get("real_ct_dicom"):
+                con.print(f"real CT as DICOM: {escape(summary['real_ct_dicom']['series'])} -> DICOM-SEG "
+                          f"{escape(summary['real_ct_dicom']['seg'])}", highlight=False)
             con.print(f"[green]everything is in[/] {escape(summary['out'])}", highlight=False)
 
         show(summary, as_json, text)

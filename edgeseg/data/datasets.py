@@ -8,7 +8,9 @@ Understood layouts (`open_dataset` tells them apart):
   ``ROOT/imagesTr/<case>_0000.nii.gz`` (v2) or ``ROOT/imagesTr/<case>.nii.gz`` (MSD) and
   ``ROOT/labelsTr/<case>.nii.gz`` (multi-label maps, names in dataset.json).
 * CSV: a header row ``image,label[,organ][,label_value][,case_id]``; paths relative to the CSV's
-  folder or absolute.
+  folder or absolute. An image is a NIfTI file or a DICOM CT series (its folder, or one file of it);
+  a label is a NIfTI mask or map on the image's grid, or, for a DICOM image, a DICOM-SEG of that series
+  (the organ's segment picked by its SNOMED CT code or label, or by its number in ``label_value``).
 
 A reader lists, for one requested organ, the cases that have a label for it (`cases()`) and the
 cases that lack one, with the reason (`inventory()`). Cases lacking the organ are never dropped
@@ -39,7 +41,8 @@ from edgeseg.runtime.preprocess import check_same_grid
 LAYOUTS_HELP = (
     "give one of: a TotalSegmentator folder (<case>/ct.nii.gz and <case>/segmentations/<organ>.nii.gz), "
     "an nnU-Net v2 or MSD folder (dataset.json, imagesTr/, labelsTr/), "
-    "or a .csv file with a header row image,label[,organ][,label_value]"
+    "or a .csv file with a header row image,label[,organ][,label_value] (images NIfTI files or DICOM series, "
+    "labels NIfTI or DICOM-SEG)"
 )
 
 _LABELS_EXAMPLE = '"labels": {"background": 0, "liver": 1} (nnU-Net v2) or {"0": "background", "1": "liver"} (MSD)'
@@ -55,24 +58,33 @@ class Case:
     """One CT and the label of one organ in it."""
 
     case_id: str
-    image: Path
-    label: Path | None
-    label_value: int | None  # the organ's value in a multi-label map; None: a per-organ 0/1 mask
+    image: Path  # a NIfTI file, or a DICOM CT series (its folder, or one file of it)
+    label: Path | None  # a NIfTI file, or a DICOM-SEG of the image's series
+    label_value: int | None  # the organ's value in a multi-label map (a SEG: its segment number); None: a 0/1 mask
     organ: str
 
+    @property
+    def label_is_seg(self) -> bool:
+        return self.label is not None and not is_nifti_path(self.label)
+
     def load_image(self) -> Scan:
-        """The CT, as `load_scan` reads it (float32 HU, the file's own voxel order)."""
+        """The CT, as `load_scan` (NIfTI) or `load_series` (DICOM) reads it: float32 HU, the input's own voxel order."""
+        if not is_nifti_path(self.image):
+            from edgeseg.runtime.dicom import load_series, one_series
+
+            return load_series(one_series(self.image))
         return load_scan(self.image)
 
     def load_mask(self) -> np.ndarray:
         """The organ's mask (uint8 0/1) on the image's grid; refuses a misplaced, invalid or empty label."""
-        # Only the image header is read: the grid check needs shape and affine, not voxels.
-        return self._select(self._load_label(), _image_grid(self.image))
+        # Only the image header(s) are read: the grid check needs shape and affine, not voxels.
+        grid = _image_grid(self.image)
+        return self._select(self._load_label(grid), grid)
 
     def load_pair(self) -> tuple[Scan, np.ndarray]:
         """The CT and the organ's mask, reading the image once (for training and evaluation)."""
         image = self.load_image()
-        return image, self._select(self._load_label(), image)
+        return image, self._select(self._load_label(image), image)
 
     def has_organ(self) -> bool:
         """Whether the label marks the organ at all; reads the label's voxels, not the image's.
@@ -82,21 +94,36 @@ class Case:
         """
         if self.label is None or not self.label.is_file():
             return False
+        if self.label_is_seg:
+            return bool(self._load_label(_image_grid(self.image)).data.any())
         data = load_scan(self.label, label=True).data
         return bool(np.any(data == self.label_value)) if self.label_value is not None else bool(np.any(data))
 
-    def _load_label(self) -> Scan:
+    def _load_label(self, image: Scan) -> Scan:
+        """The label as read (a NIfTI file's values), or the organ's 0/1 mask from a DICOM-SEG on `image`'s series."""
         if self.label is None:
             raise InputError(
                 f"case {self.case_id!r} has no label for organ {self.organ!r}", path=self.image,
                 fix="add the label, or drop the case from the dataset",
             )
+        if self.label_is_seg:
+            from edgeseg.runtime.dicom.segread import read_seg_mask
+
+            series = getattr(image, "series", None)
+            if series is None:
+                raise InputError(f"is a DICOM-SEG, but the image of case {self.case_id!r} is a NIfTI file "
+                                 f"({self.image}): a SEG maps onto the DICOM series it was drawn on", path=self.label,
+                                 fix="list that DICOM series as the image (its folder), or give the label as a NIfTI "
+                                     "mask on the image's grid")
+            mask = read_seg_mask(self.label, series, self.organ, segment_number=self.label_value)
+            return Scan(path=self.label, data=mask, affine=image.affine, header=image.header)
         return load_scan(self.label, label=True)
 
     def _select(self, label: Scan, image: Scan) -> np.ndarray:
         check_same_grid(image, label)
-        data = label.data  # integer dtype: load_scan(label=True) guarantees it
-        if self.label_value is None:
+        data = label.data  # integer dtype: load_scan(label=True) and read_seg_mask guarantee it
+        value = None if self.label_is_seg else self.label_value  # a SEG's segment is chosen when it is read
+        if value is None:
             # min/max is exact for integers and far cheaper than np.unique on a full volume.
             if data.size and (data.min() < 0 or data.max() > 1):
                 raise InputError(
@@ -107,9 +134,9 @@ class Case:
                 )
             mask = data.astype(np.uint8)
         else:
-            mask = np.equal(data, self.label_value).view(np.uint8)  # bool -> uint8 without a copy
+            mask = np.equal(data, value).view(np.uint8)  # bool -> uint8 without a copy
         if not mask.any():
-            where = f" (no voxel has value {self.label_value})" if self.label_value is not None else ""
+            where = f" (no voxel has value {value})" if value is not None else ""
             raise InputError(
                 f"organ {self.organ!r} is absent from case {self.case_id!r}: the mask is empty{where}",
                 path=label.path,
@@ -137,7 +164,16 @@ class Inventory:
 
 
 def _image_grid(path: Path) -> Scan:
-    """The image's grid (shape, affine) from its header alone; no voxel is read or decompressed."""
+    """The image's grid (shape, affine) from its header(s) alone; no voxel is read or decompressed. A DICOM
+    series gives a `DicomScan` that holds the series (a DICOM-SEG label is mapped onto it)."""
+    if not is_nifti_path(path):
+        from edgeseg.runtime.dicom import DicomScan, one_series
+        from edgeseg.runtime.dicom.read import nifti_header_for
+
+        series = one_series(path)
+        data = np.broadcast_to(np.zeros((), dtype=np.float32), series.shape)
+        return DicomScan(path=series.folder, data=data, affine=series.affine,
+                         header=nifti_header_for(series.shape, series.affine), series=series)
     img = open_nifti(path)
     shape = shape_3d(img.shape, path)
     # check_same_grid looks only at path, shape and affine; a zero-stride stand-in costs one float.
@@ -365,8 +401,8 @@ class CsvReader(DatasetReader):
             image = _csv_path(row["image"], base, line, "image", path)
             label = _csv_path(row["label"], base, line, "label", path) if row["label"] else None
             value = _label_value(row.get("label_value", ""), line, path)
-            case_id = row.get("case_id", "") or _nifti_stem(image.name)
-            if not image.is_file():
+            case_id = row.get("case_id", "") or _image_stem(image)
+            if not image.exists():
                 self._lacking.append(Skipped(case_id, image, f"row {line} of {path.name}: image {row['image']!r} not found"))
             elif label is None:
                 self._lacking.append(Skipped(case_id, image, f"row {line} of {path.name}: no label given for {image.name}"))
@@ -410,12 +446,23 @@ def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
 
 
 def _csv_path(cell: str, base: Path, line: int, column: str, csv_path: Path) -> Path:
+    """A CSV cell's path: NIfTI; or DICOM (an image: a series' folder or one file of it; a label: a DICOM-SEG file).
+    A DICOM path that does not exist is let through, to be reported missing with its case."""
+    from edgeseg.runtime.dicom.series import looks_like_dicom
+
     p = Path(cell).expanduser()
     p = p if p.is_absolute() else base / p
-    if not is_nifti_path(p):
-        raise InputError(f"row {line}: {column} {cell!r} is not a NIfTI file name (.nii or .nii.gz)", path=csv_path,
-                         fix="convert the file to NIfTI (e.g. dcm2niix) and list the .nii.gz")
-    return p
+    if is_nifti_path(p):
+        return p
+    if p.exists():
+        if (p.is_dir() and column == "image") or (p.is_file() and looks_like_dicom(p)):
+            return p
+    elif p.suffix.lower() in ("", ".dcm", ".dicom", ".ima"):
+        return p
+    what = "a DICOM series (its folder, or one file of it)" if column == "image" else "a DICOM-SEG file"
+    raise InputError(f"row {line}: {column} {cell!r} is not a NIfTI file name (.nii or .nii.gz) nor {what}",
+                     path=csv_path, fix="list a .nii.gz, or a DICOM series and its DICOM-SEG; convert other formats "
+                                        "to NIfTI (e.g. dcm2niix)")
 
 
 def _label_value(cell: str, line: int, csv_path: Path) -> int | None:
@@ -556,6 +603,13 @@ def _read_json(path: Path) -> dict:
         raise InputError("does not hold a JSON object", path=path,
                          fix='dataset.json must be an object with a "labels" key')
     return meta
+
+
+def _image_stem(path: Path) -> str:
+    """A case id from an image's path: a NIfTI file's name; a DICOM series' folder name (for one of its files too)."""
+    if is_nifti_path(path):
+        return _nifti_stem(path.name)
+    return path.name if path.is_dir() or not path.suffix else path.parent.name
 
 
 def _nifti_stem(name: str) -> str:

@@ -194,6 +194,27 @@ def find_series(root: str | Path, *, only_file: Path | None = None) -> Found:
     return found
 
 
+def series_at(path: str | Path) -> Found:
+    """The CT series a path names: every one under a folder (tree) or beside a DICOMDIR; for one DICOM file,
+    the series holding it (its folder's tree is read for the rest of the series)."""
+    path = Path(path)
+    if path.is_dir():
+        return find_series(path)
+    if path.name.upper() == "DICOMDIR":
+        return find_series(path.parent)
+    return find_series(path.parent, only_file=path)
+
+
+def one_series(path: str | Path) -> DicomSeries:
+    """The one CT series a folder or one of its files holds (a dataset's image); several are refused, named."""
+    found = series_at(path)
+    if len(found.series) > 1:
+        names = "; ".join(s.label for s in found.series[:4]) + ("; ..." if len(found.series) > 4 else "")
+        raise InputError(f"holds {len(found.series)} CT series ({names}), and an image is one series", path=path,
+                         fix="point at the folder of one series, or at one file of it")
+    return found.series[0]
+
+
 def series_label(folder: Path, number: int | None, description: str, uid: str) -> str:
     """How messages and logs name a series: folder, number, description, UID; never a patient attribute."""
     desc = f" {description!r}" if description else ""

@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from edgeseg.runtime.atomic import refuse_link
-from edgeseg.runtime.dicom.series import DicomSeries, dicom_files, find_series, looks_like_dicom
+from edgeseg.runtime.dicom.series import DicomSeries, dicom_files, looks_like_dicom, series_at
 from edgeseg.runtime.errors import InputError, ResourceError
 from edgeseg.runtime.host import available_memory, available_memory_bytes, current_rss_gib
 from edgeseg.runtime.nifti import is_nifti_path, open_nifti, scan_geometry
@@ -94,12 +94,9 @@ def _expand(item: Path, log: Callable[[str], None]) -> list[Path | DicomSeries]:
         if not dicom_files(item):
             raise InputError("folder holds no .nii or .nii.gz file and no DICOM file", path=item,
                              fix="point at the scans themselves (NIfTI files, or a folder of DICOM series)")
-        return _series(find_series(item), log)
-    if item.is_file() and not is_nifti_path(item):
-        if item.name.upper() == "DICOMDIR":
-            return _series(find_series(item.parent), log)
-        if looks_like_dicom(item):
-            return _series(find_series(item.parent, only_file=item), log)
+        return _series(series_at(item), log)
+    if item.is_file() and not is_nifti_path(item) and (item.name.upper() == "DICOMDIR" or looks_like_dicom(item)):
+        return _series(series_at(item), log)
     return [item]
 
 

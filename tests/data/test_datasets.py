@@ -390,3 +390,54 @@ def test_case_is_a_plain_record(tmp_path):
     assert not no_label.has_organ()
     with pytest.raises(InputError, match="has no label for organ 'liver'"):
         no_label.load_mask()
+
+
+# ---------------------------------------------------------------------------------------------
+# DICOM in a CSV: series as images, DICOM-SEG or NIfTI as labels
+
+
+def test_csv_of_dicom_series_with_dicom_seg_or_nifti_labels(tmp_path):
+    pytest.importorskip("highdicom", reason="DICOM-SEG tests need pip install 'edgeseg[dicom]'")
+    from edgeseg.runtime.dicom import one_series
+    from edgeseg.runtime.dicom.seg import write_seg
+    from tests.runtime.dicom.writer import write_series
+
+    # Axes as a DICOM series stores them (LPS rows, columns, slices along +z): the series' voxel order is the NIfTI's.
+    affine = np.array([[-0.8, 0, 0, 100.0], [0, -0.8, 0, 120.0], [0, 0, 2.5, 40.0], [0, 0, 0, 1]])
+    write(tmp_path / "ts" / "s0002" / "liver.nii.gz", LIVER["s0002"], affine)
+    first_files = {}
+    for i, c in enumerate(("s0001", "s0002")):
+        first_files[c] = write_series(tmp_path / "dicom" / c, ct(i), affine, series_number=i + 1)[0]
+        write_seg(tmp_path / "dicom" / f"{c}_seg.dcm", one_series(tmp_path / "dicom" / c),
+                  {"spleen": SPLEEN[c], "liver": LIVER[c]}, algorithm_version="1", engine_hash=None)
+    (tmp_path / "list.csv").write_text(
+        "image,label,organ,label_value\n"
+        "dicom/s0001,dicom/s0001_seg.dcm,liver,\n"  # a series' folder and its SEG
+        f"{first_files['s0002']},ts/s0002/liver.nii.gz,liver,\n"  # one file of it, a NIfTI mask
+        "dicom/s0001,dicom/s0001_seg.dcm,spleen,1\n"  # the segment by its number
+        "dicom/s0002,dicom/s0001_seg.dcm,kidney_left,\n")  # another series' SEG
+    cases = open_dataset(tmp_path / "list.csv", "liver").cases()
+    assert [(c.case_id, c.label_is_seg) for c in cases] == [("s0001", True), ("s0002", False)]
+    for i, (c, name) in enumerate(zip(cases, ("s0001", "s0002"))):
+        assert c.has_organ() and np.array_equal(c.load_mask(), LIVER[name])
+        image, mask = c.load_pair()
+        assert np.array_equal(image.data, ct(i)) and np.allclose(image.affine, affine, atol=1e-6)
+        assert np.array_equal(mask, LIVER[name])
+    (spleen,) = open_dataset(tmp_path / "list.csv", "spleen").cases()
+    assert spleen.label_value == 1 and np.array_equal(spleen.load_mask(), SPLEEN["s0001"])
+    (other,) = open_dataset(tmp_path / "list.csv", "kidney_left").cases()
+    with pytest.raises(InputError) as e:
+        other.load_mask()
+    assert "a segmentation of series" in messages(e) and str(tmp_path / "dicom" / "s0001_seg.dcm") in messages(e)
+    # a SEG cannot be placed on a NIfTI image; a folder is no label
+    write(tmp_path / "ts" / "s0001" / "ct.nii.gz", ct(0), affine)
+    (tmp_path / "bad.csv").write_text("image,label\nts/s0001/ct.nii.gz,dicom/s0001_seg.dcm\n")
+    with pytest.raises(InputError, match="is a DICOM-SEG, but the image of case 'ct' is a NIfTI file"):
+        open_dataset(tmp_path / "bad.csv", "liver").cases()[0].load_mask()
+    write(tmp_path / "ts" / "flipped.nii.gz", LIVER["s0001"], AFFINE)  # the same box, slices in the other order
+    (tmp_path / "bad.csv").write_text("image,label\ndicom/s0001,ts/flipped.nii.gz\n")
+    with pytest.raises(InputError, match="label affine differs from the image's .*dicom/s0001"):
+        open_dataset(tmp_path / "bad.csv", "liver").cases()[0].load_mask()
+    (tmp_path / "bad.csv").write_text("image,label\ndicom/s0001,dicom/s0002\n")
+    with pytest.raises(InputError, match="row 2: label 'dicom/s0002' is not a NIfTI file name .* nor a DICOM-SEG file"):
+        open_dataset(tmp_path / "bad.csv", "liver")
