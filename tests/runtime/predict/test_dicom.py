@@ -183,3 +183,74 @@ def test_the_cli_segments_a_dicom_study_and_refuses_a_tilted_series_with_exit_2(
     err = json.loads(result.stdout)
     assert result.exit_code == 2 and err["error"] == "InputError" and "series 8" in err["path"]
     assert "off perpendicular" in err["problem"] and "tilt" in err["fix"] and not (tmp_path / "out2").exists()
+
+
+class _ThresholdEngine:
+    """A stand-in engine for any scan: one organ wherever the model-grid image is above mid-window."""
+
+    organs = ("liver",)
+
+    def __init__(self):
+        from edgeseg.runtime.preprocess import PreprocessSpec
+
+        self.preprocess = PreprocessSpec(spacing=(0.5, 0.5, 1.0), window=(64, 64, 64))
+        self.folder = Path("threshold")
+        self.ran = {"backend": "threshold", "precision": "fp32", "device": "none"}
+
+    def check_window(self) -> None:
+        """No graph: nothing to check."""
+
+    def probabilities(self, volume, *, overlap, batch_size, stats=None, **_):
+        if stats is not None:
+            stats.update(windows=1, run=1, batches=1)
+        return (volume[:1] > 0.5).astype(np.float32)
+
+
+def _nifti_by_hand(files, out: Path) -> Path:
+    """The series as NIfTI, built here from the headers (not by edgeseg's reader): slices sorted on the
+    normal, stored values through each slice's rescale, the LPS affine with x and y negated."""
+    ds = [pydicom.dcmread(f) for f in files]
+    iop = np.array(ds[0].ImageOrientationPatient, float)
+    normal = np.cross(iop[:3], iop[3:])
+    ds.sort(key=lambda d: float(np.dot(normal, np.array(d.ImagePositionPatient, float))))
+    data = np.stack([d.pixel_array.T * float(d.RescaleSlope) + float(d.RescaleIntercept) for d in ds], axis=-1)
+    first, last = (np.array(d.ImagePositionPatient, float) for d in (ds[0], ds[-1]))
+    row_mm, col_mm = (float(v) for v in ds[0].PixelSpacing)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1] = iop[:3] * col_mm, iop[3:] * row_mm
+    lps[:3, 2], lps[:3, 3] = (last - first) / (len(ds) - 1), first
+    nib.save(nib.Nifti1Image(data.astype(np.float32), np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps), str(out))
+    return out
+
+
+def test_a_series_from_another_writer_gives_the_masks_of_its_nifti_and_a_valid_seg(tmp_path):
+    """pydicom's CT5N: five slices from a GE scanner, written by another tool than ours, its file names
+    against the slices' order. Predict on it and on the NIfTI built by hand from its headers agree voxel
+    for voxel, and its DICOM-SEG reads back with highdicom, referencing exactly its instances."""
+    import shutil
+
+    hd = pytest.importorskip("highdicom")
+    from pydicom.data import get_testdata_files
+
+    files = sorted(get_testdata_files("dicomdirtests/98892001/CT5N/*"))
+    assert len(files) == 5 and pydicom.dcmread(files[0]).Manufacturer.startswith("GE")
+    series_dir = tmp_path / "ct5n"
+    series_dir.mkdir()
+    for f in files:
+        shutil.copy(f, series_dir / Path(f).name)
+    nifti = _nifti_by_hand(sorted(series_dir.iterdir()), tmp_path / "ct5n.nii.gz")
+    engine = _ThresholdEngine()
+    options = PredictOptions(format="both", hu_check=False)  # a 16 x 16 crop of an abdomen: too small to judge its HU
+    (r,) = predict_many(engine, [series_dir], tmp_path / "dicom", options)
+    (n,) = predict_many(engine, [nifti], tmp_path / "nifti", PredictOptions(hu_check=False))
+    a = nib.load(str(tmp_path / "dicom" / f"{r['case']}_liver.nii.gz"))
+    b = nib.load(str(tmp_path / "nifti" / f"{n['case']}_liver.nii.gz"))
+    mask = np.asarray(a.dataobj)
+    assert mask.shape == (16, 16, 5) and 0 < mask.sum() < mask.size  # something, not everything
+    assert np.array_equal(mask, np.asarray(b.dataobj))
+    np.testing.assert_allclose(a.affine, b.affine, atol=1e-5)
+    seg = hd.seg.segread(tmp_path / "dicom" / f"{r['case']}_seg.dcm")
+    uids = {pydicom.dcmread(f).SOPInstanceUID for f in files}
+    referenced = {ref.ReferencedSOPInstanceUID for item in seg.ReferencedSeriesSequence
+                  for ref in item.ReferencedInstanceSequence}
+    assert referenced == uids and seg.SegmentSequence[0].SegmentLabel
