@@ -191,3 +191,36 @@ def test_without_ray_the_error_says_how_to_get_it(monkeypatch, tmp_path):
     with pytest.raises(InputError) as e:
         predict_cohort(tmp_path, [tmp_path], tmp_path / "out", PredictOptions())
     assert "pip install 'edgeseg[ray]'" in e.value.fix
+
+
+def test_the_command_line_runs_the_cohort_and_says_what_it_did(local_ray, engine5, scans, local, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeseg.cli import app
+
+    out = tmp_path / "out"
+    args = ["predict", str(scans / "a.nii.gz"), "--engine", str(engine5), "--out", str(out), "--ray", "auto",
+            "--actors", "1", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    entries = json.loads(result.stdout)
+    assert [e["case"] for e in entries] == ["a"] and _masks(out, "a") == _masks(local, "a")
+    assert "cohort: 1 done, 0 skipped, 0 failed" in result.stderr and (out / "cohort.csv").exists()
+    # a failed case: exit 2, the entries (with the error) still the one JSON document on stdout
+    result = CliRunner().invoke(app, [*args[:1], str(scans / "bad.nii.gz"), *args[2:]])
+    assert result.exit_code == 2
+    assert json.loads(result.stdout)[0]["error"]["error"] == "InputError"
+
+
+def test_the_command_line_refuses_actor_options_without_ray(engine5, scans, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeseg.cli import app
+
+    result = CliRunner().invoke(app, ["predict", str(scans / "a.nii.gz"), "--engine", str(engine5), "--out",
+                                      str(tmp_path / "out"), "--actors", "2", "--json"])
+    assert result.exit_code == 2 and "--ray" in json.loads(result.stdout)["fix"]
+    result = CliRunner().invoke(app, ["predict", str(scans / "a.nii.gz"), "--engine", str(engine5), "--out",
+                                      str(tmp_path / "out"), "--ray", "auto", "--actors", "0-1", "--json"])
+    assert result.exit_code == 2 and "--actors" in json.loads(result.stdout)["problem"]
+    assert not (tmp_path / "out").exists()
