@@ -12,11 +12,20 @@ from edgeseg.runtime.host import cpu_model, memory_gib
 
 LIBRARIES = ("numpy", "scipy", "nibabel", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript",
              "torch", "monai", "einops", "safetensors", "openvino", "tensorrt", "typer", "rich")
-# optional libraries that are not backends: name -> (what edgeseg does with it, how to get it)
+# optional libraries that are not backends: name -> (what edgeseg does with it, how to get it, what else it needs)
 OPTIONAL = {
     "tritonclient": ("edgeseg triton parses the config.pbtxt it writes with Triton's own protobuf",
-                     "pip install 'edgeseg[triton]'"),
+                     "pip install 'edgeseg[triton]'", ()),
+    "ray": ("edgeseg predict --ray segments a cohort on Ray Data actors (a local Ray, or a cluster)",
+            "pip install 'edgeseg[ray]'", ("pyarrow", "pandas")),  # ray[data]: Ray Data's blocks are Arrow/pandas
 }
+
+
+def _optional_detail(name: str, hint: str, needs: tuple[str, ...]) -> str:
+    if not module_version(name):
+        return f"not installed: {hint}"
+    missing = [n for n in needs if not module_version(n)]
+    return f"installed, but it also needs {', '.join(missing)}: {hint}" if missing else "installed"
 
 
 def environment_report() -> dict:
@@ -29,6 +38,6 @@ def environment_report() -> dict:
         "libraries": {name: module_version(name) for name in LIBRARIES},
         "backends": [b.to_dict() for b in backends],
         "optional": [{"name": name, "version": module_version(name), "for": what,
-                      "detail": "installed" if module_version(name) else f"not installed: {hint}"}
-                     for name, (what, hint) in OPTIONAL.items()],
+                      "detail": _optional_detail(name, hint, needs)}
+                     for name, (what, hint, needs) in OPTIONAL.items()],
     }

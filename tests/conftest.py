@@ -87,3 +87,28 @@ def trunk5(checkpoint5, tmp_path_factory):
 def trunk5_pre(checkpoint5, tmp_path_factory):
     """SPEC5 exported at the pre-decoder1 cut (enc0 full resolution, dec0 half), fp32 only."""
     return _export5(checkpoint5, tmp_path_factory.mktemp("trunk5-pre"), "pre-decoder1")
+
+
+@pytest.fixture(scope="session")
+def engine5(trunk5, tmp_path_factory):
+    """The tiny trunk (SPEC5: 64^3 windows at 5 mm, batch 1..4) fused with two linear probes (seeded weights):
+    a real engine folder, as `edgeseg fuse` writes it."""
+    import torch
+    from edgeseg.export.adapter import save_adapter
+    from edgeseg.export.fuse import fuse
+    from edgeseg.runtime.artifacts.adapter import AdapterIO, AdapterManifest
+    from edgeseg.runtime.artifacts.trunk import TrunkManifest
+
+    from edgeseg.adapters import build_adapter
+
+    root = tmp_path_factory.mktemp("engine5")
+    trunk = TrunkManifest.from_folder(trunk5)
+    adapters = []
+    for seed, organ in enumerate(("liver", "spleen")):
+        torch.manual_seed(seed)
+        save_adapter(build_adapter("lp", feature_size=trunk.feature_size), root / organ, AdapterManifest(
+            adapter="lp", organ=organ, cut="decoder1", feature_size=trunk.feature_size, trunk_manifest_sha256=trunk.sha256,
+            io=AdapterIO(tuple(trunk.io.outputs), "logits")))
+        adapters.append(root / organ)
+    fuse(trunk5, adapters, root / "engine", precisions=("fp32",), threads=2, log=lambda msg: None)
+    return root / "engine"

@@ -18,7 +18,7 @@ def test_help_imports_no_heavy_module():
     code = (
         "import sys; from typer.testing import CliRunner; from edgeseg.cli import app;"
         "r = CliRunner().invoke(app, ['--help']); assert r.exit_code == 0, r.output;"
-        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'onnxruntime', 'onnx', 'scipy', 'nibabel', 'pydicom', 'highdicom'});"
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'monai', 'onnxruntime', 'onnx', 'scipy', 'nibabel', 'pydicom', 'highdicom', 'ray'});"
         "print(heavy)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
@@ -47,6 +47,12 @@ def test_info_json_lists_every_backend_with_a_reason():
         assert triton["detail"] == "installed"
     else:
         assert "pip install 'edgeseg[triton]'" in triton["detail"]
+    ray = optional["ray"]  # Ray Data for `edgeseg predict --ray`: its version, or why not
+    assert ray["version"] == module_version("ray") and "--ray" in ray["for"]
+    if ray["version"] and module_version("pyarrow") and module_version("pandas"):
+        assert ray["detail"] == "installed"
+    else:
+        assert "pip install 'edgeseg[ray]'" in ray["detail"]
 
 
 def test_bad_option_value_is_exit_code_2_with_json_error(tmp_path):

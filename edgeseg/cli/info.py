@@ -32,5 +32,6 @@ def _print_report(report: dict) -> None:
                       "" if b["usable"] else escape(b["install_hint"]))
     con.print(table)
     for lib in report["optional"]:
-        state = lib["version"] or escape(lib["detail"])
+        state = escape(lib["detail"] if not lib["version"] else lib["version"] if lib["detail"] == "installed"
+                       else f"{lib['version']} ({lib['detail']})")
         con.print(f"{lib['name']}: {state} ({escape(lib['for'])})", highlight=False)

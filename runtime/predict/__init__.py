@@ -16,7 +16,10 @@ Three parts, one module each:
 * `case`: `run_case(engine, plan, opts)` runs one planned case: read, preprocess, infer,
   post-process (`postprocess`), write, report (`report`); `predict_scan` plans and runs one scan.
 * `loop`: `predict_many`, the loop over a run's cases: the output lock, read-ahead, log, progress.
-  A distributed run would replace the loop and call `run_case` from its workers.
+* `ray_loop`: `predict_cohort`, the same loop on Ray Data (`edgeseg predict --ray`): actors that each
+  hold an engine choose, plan and run one scan at a time with the functions above; a bad scan is
+  recorded and the cohort goes on; a case whose worker died is retried once.
+* `summary`: `cohort.csv` and `cohort.json`, one row per case, from what a loop returns.
 
 Faults: the output folder is locked for the run (`edgeseg.runtime.lock`: a second run into it is
 refused); a case that fails or is interrupted (Ctrl-C, disk full) removes the outputs it had

@@ -1,8 +1,7 @@
 """Running one planned case: read, preprocess, infer, post-process, write, report.
 
-`run_case(engine, plan, opts)` is the unit of work that a loop over cases hands out (today
-`predict_many`'s loop; an actor of a distributed run would call the same function with a plan
-made by the driver). It holds the case against the memory budget, writes `<case>.partial` first
+`run_case(engine, plan, opts)` is the unit of work that a loop over cases hands out
+(`predict_many`'s loop, and each actor of a cohort on Ray: `ray_loop.CasePredictor`). It holds the case against the memory budget, writes `<case>.partial` first
 and `<case>.json` (the report, returned too) last, so a crashed run resumes: a case with a report
 is done, a case with a marker is redone. A case that fails or is interrupted (Ctrl-C, disk full)
 removes the outputs it had written and its marker, so nothing of it is left; when an earlier
@@ -13,10 +12,11 @@ not overwrite stays.
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -69,7 +69,10 @@ def run_case(engine, plan: CasePlan, opts: PredictOptions, read_ahead: ReadAhead
     """Segment one planned case with an open engine; returns (and writes) its report.
 
     read_ahead: the case's read already under way (`predict_many` starts it while the previous case infers).
+    A redo (`plan.redo_because`) replaces the case's own outputs: its report records it as --force.
     """
+    if plan.redo_because is not None:
+        opts = replace(opts, force=True)
     # refused before anything is written (a case read ahead was checked before its read)
     memory = read_ahead.memory if read_ahead is not None else check_memory(plan, engine, opts)
     written: list[Path] = []
@@ -110,7 +113,7 @@ def run_case(engine, plan: CasePlan, opts: PredictOptions, read_ahead: ReadAhead
             "case": plan.case, "input": str(plan.path.path.resolve() if dicom else plan.path.resolve()),
             "volume": opts.volume, "shape": list(scan.shape),
             "spacing_mm": [round(s, 4) for s in scan.spacing], "model_grid": list(prepared.transform.model_shape),
-            "engine": str(engine.folder), "ran": engine.ran, "organs": list(engine.organs),
+            "engine": str(engine.folder), "ran": engine.ran, "host": socket.gethostname(), "organs": list(engine.organs),
             "volume_ml": seg.volume_ml,
             # "skipped": 0 since the stitcher lost its unused skip; kept so the report's fields stay as they were
             "windows": {"windows": stats.get("windows"), "run": stats.get("run"), "blank": stats.get("blank"),

@@ -2,14 +2,13 @@
 
 `predict_many` is the single-machine driver: one open engine, cases in input order, the next
 case's read and preprocessing overlapped with this one's inference when the engine runs on a GPU
-and the memory budget allows. A distributed driver would replace this module and keep the rest:
-it would take the same choices (`choose_cases`) and plans (`plan_case`) and hand each plan to
-`run_case` on a worker that holds an engine.
+and the memory budget allows. A cohort on Ray (`ray_loop.predict_cohort`) replaces this loop and
+keeps the rest: its actors make the same choice (`choose_cases`) and plan (`plan_choice`) per scan and
+hand it to `run_case`, and it logs with the same lines (`case_line`, `skipped_line`, `redo_line`).
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,7 +44,7 @@ def _run_all(engine, scans: list, out: Path, opts: PredictOptions,
     choices = choose_cases(engine, scans, out, opts)
     for c in choices:
         if c.redo_because is not None:
-            log(f"{c.case}: segmented again ({c.redo_because}); its earlier outputs are replaced")
+            log(redo_line(c.case, c.redo_because))
     todo = [i for i, c in enumerate(choices) if c.run]
     pool = None
     if _use_prefetch(engine, opts) and len(todo) > 1:
@@ -58,10 +57,10 @@ def _run_all(engine, scans: list, out: Path, opts: PredictOptions,
     try:
         for i, choice in enumerate(choices):
             if not choice.run:
-                log(f"{choice.case}: already segmented ({choice.case}.json); skipped (--force to redo)")
-                reports.append({"case": choice.case, "skipped": True, "report": str(out / f"{choice.case}.json")})
+                log(skipped_line(choice.case))
+                reports.append(skipped_entry(choice.case, out))
             else:
-                plan = planned.pop(i, None) or _plan(engine, choice, out, opts)
+                plan = planned.pop(i, None) or plan_choice(engine, choice, out, opts)
                 nxt = next((j for j in todo if j > i), None)
                 if pool is not None and nxt is not None:
                     following = _plan_ahead(engine, choices[nxt], out, opts)
@@ -70,9 +69,8 @@ def _run_all(engine, scans: list, out: Path, opts: PredictOptions,
                         read_ahead = _start_read_ahead(engine, plan, following, opts, pool)
                         if read_ahead is not None:
                             ahead[nxt] = read_ahead
-                # a redo replaces the case's own outputs: its report records it as --force, as it always has
-                r = run_case(engine, plan, replace(opts, force=True) if plan.redo_because else opts, ahead.pop(i, None))
-                log(_summary(r))
+                r = run_case(engine, plan, opts, ahead.pop(i, None))
+                log(case_line(r))
                 reports.append(r)
             if progress:
                 progress(i + 1, len(choices))
@@ -82,7 +80,8 @@ def _run_all(engine, scans: list, out: Path, opts: PredictOptions,
     return reports
 
 
-def _plan(engine, choice: CaseChoice, out: Path, opts: PredictOptions) -> CasePlan:
+def plan_choice(engine, choice: CaseChoice, out: Path, opts: PredictOptions) -> CasePlan:
+    """The plan of a case chosen to run (a redo carries why)."""
     return plan_case(engine, choice.path, choice.case, out, opts, redo_because=choice.redo_because)
 
 
@@ -90,7 +89,7 @@ def _plan_ahead(engine, choice: CaseChoice, out: Path, opts: PredictOptions) -> 
     """The following case's plan, made early to decide its read-ahead; None when planning refuses it (a bad
     header, outputs in the way ...): no read-ahead, and the case is planned and refused in its own turn."""
     try:
-        return _plan(engine, choice, out, opts)
+        return plan_choice(engine, choice, out, opts)
     except Exception:
         return None
 
@@ -108,7 +107,21 @@ def _start_read_ahead(engine, current: CasePlan, following: CasePlan, opts: Pred
     return ReadAhead(memory, pool.submit(load_and_prepare, engine, following.path, opts))
 
 
-def _summary(r: dict) -> str:
+def skipped_entry(case: str, out: Path) -> dict:
+    """What a run returns for a case whose report still holds (the report itself stays on disk)."""
+    return {"case": case, "skipped": True, "report": str(out / f"{case}.json")}
+
+
+def skipped_line(case: str) -> str:
+    return f"{case}: already segmented ({case}.json); skipped (--force to redo)"
+
+
+def redo_line(case: str, because: str) -> str:
+    return f"{case}: segmented again ({because}); its earlier outputs are replaced"
+
+
+def case_line(r: dict) -> str:
+    """One finished case in the log: volumes, seconds, what ran, windows."""
     vols = ", ".join(f"{o} {v:.1f} mL" for o, v in r["volume_ml"].items())
     w = r["windows"]
     blank = f" ({w['blank']} more of pure air: one run for all)" if w.get("blank") else ""

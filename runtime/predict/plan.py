@@ -157,11 +157,13 @@ class CaseChoice:
     redo_because: str | None = None  # it has a report made under something else: why it is segmented again
 
 
-def choose_cases(engine, scans: Sequence[Path | DicomSeries], out: Path, opts: PredictOptions) -> list[CaseChoice]:
+def choose_cases(engine, scans: Sequence[Path | DicomSeries], out: Path, opts: PredictOptions, *,
+                 names: Sequence[str] | None = None) -> list[CaseChoice]:
     """Every scan's name and fate, from the reports in `out`; a file there that is not an edgeseg report
-    is refused here, before any work."""
+    is refused here, before any work. names: the scans' case names when the caller made them already
+    (a cohort's driver names the whole run; a worker chooses for one scan of it)."""
     choices = []
-    for path, case in zip(scans, case_names(scans)):
+    for path, case in zip(scans, case_names(scans) if names is None else names, strict=True):
         report = read_report(out / f"{case}.json")
         if opts.force or report is None or (out / f"{case}.partial").exists():
             choices.append(CaseChoice(path, case, True))

@@ -32,27 +32,9 @@ quiet = lambda msg: None  # noqa: E731
 
 
 @pytest.fixture(scope="module")
-def engine(trunk5, tmp_path_factory):
+def engine(engine5):
     """The tiny trunk (SPEC5: 64^3 windows at 5 mm, batch 1..4) fused with two linear probes (seeded weights)."""
-    import torch
-    from edgeseg.export.adapter import save_adapter
-    from edgeseg.export.fuse import fuse
-    from edgeseg.runtime.artifacts.adapter import AdapterIO, AdapterManifest
-    from edgeseg.runtime.artifacts.trunk import TrunkManifest
-
-    from edgeseg.adapters import build_adapter
-
-    root = tmp_path_factory.mktemp("triton-engine")
-    trunk = TrunkManifest.from_folder(trunk5)
-    adapters = []
-    for seed, organ in enumerate(("liver", "spleen")):
-        torch.manual_seed(seed)
-        save_adapter(build_adapter("lp", feature_size=trunk.feature_size), root / organ, AdapterManifest(
-            adapter="lp", organ=organ, cut="decoder1", feature_size=trunk.feature_size, trunk_manifest_sha256=trunk.sha256,
-            io=AdapterIO(tuple(trunk.io.outputs), "logits")))
-        adapters.append(root / organ)
-    fuse(trunk5, adapters, root / "engine", precisions=("fp32",), threads=2, log=quiet)
-    return root / "engine"
+    return engine5
 
 
 @pytest.fixture(scope="module")
