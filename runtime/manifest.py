@@ -48,6 +48,19 @@ def portable_path(path: str | Path, base: str | Path | None = None) -> str:
     return p.name
 
 
+def portable_paths(obj, base: str | Path | None = None):
+    """`obj` (a results dict, list or value) with every string that is an absolute path made portable
+    (`portable_path`): what a results file may record however its writer spelled its paths. Strings
+    that merely contain a path (a command line) are left as they are."""
+    if isinstance(obj, dict):
+        return {k: portable_paths(v, base) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [portable_paths(v, base) for v in obj]
+    if isinstance(obj, str) and obj.startswith("/") and "\n" not in obj and " " not in obj:
+        return portable_path(obj, base)
+    return obj
+
+
 def _canonical(d: dict) -> bytes:
     return json.dumps(d, sort_keys=True, separators=(",", ":"), default=str).encode()
 

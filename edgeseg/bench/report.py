@@ -325,6 +325,9 @@ def write_outputs(result: dict, out: str | Path, stem: str) -> dict[str, str]:
     """<stem>.json, <stem>.md and <stem>.png in `out`; returns what was written (and "png_note" when no PNG)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    from edgeseg.runtime.manifest import portable_paths
+
+    result = portable_paths(result)  # a results file never records this machine's absolute paths
     written = {"json": str(write_text_atomic(out / f"{stem}.json", json.dumps(result, indent=2, default=str) + "\n",
                                              force=True)),
                "markdown": str(write_text_atomic(out / f"{stem}.md", to_markdown(result), force=True))}

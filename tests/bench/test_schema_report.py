@@ -131,7 +131,10 @@ def test_rich_table_and_files(result, tmp_path):
     assert "not run here" in text and "ort-cuda not here" in text and "vs torch-cpu-fp32" in text
     written = report.write_outputs(result, tmp_path / "out", "bench_x")
     assert json.loads((tmp_path / "out" / "bench_x.json").read_text())["rows"] == json.loads(json.dumps(result["rows"]))
-    assert (tmp_path / "out" / "bench_x.md").read_text() == report.to_markdown(result)
+    from edgeseg.runtime.manifest import portable_paths
+
+    assert (tmp_path / "out" / "bench_x.md").read_text() == report.to_markdown(portable_paths(result))  # no absolute path
+    assert str(tmp_path) not in (tmp_path / "out" / "bench_x.md").read_text()
     png = tmp_path / "out" / "bench_x.png"
     if "png" in written:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

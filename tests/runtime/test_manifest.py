@@ -172,3 +172,20 @@ def test_a_manifest_edgeseg_did_not_write_is_never_taken_for_an_artifact(tmp_pat
     with pytest.raises(InputError, match="manifest.json that edgeseg did not write"):
         claim_output(tmp_path, "trunk", force=True)
     assert (tmp_path / "cases" / "x.txt").read_text() == "precious"
+
+
+def test_results_record_portable_paths_never_this_machines_absolute_ones(tmp_path):
+    from pathlib import Path
+
+    from edgeseg.runtime.manifest import portable_path, portable_paths
+
+    repo = Path(__file__).resolve().parents[2]
+    inside = str(repo / "edgeseg" / "assets" / "example_ct_sm.nii.gz")
+    result = {"scan": {"path": inside, "work": str(tmp_path / "engine" / "fused.fp32.onnx")},
+              "rows": [{"graph": "/elsewhere/x.onnx", "name": "real_ct", "n": 3}],
+              "command": f"python bench.py --work {tmp_path}"}
+    out = portable_paths(result, base=repo)
+    assert out["scan"] == {"path": "edgeseg/assets/example_ct_sm.nii.gz", "work": "fused.fp32.onnx"}
+    assert out["rows"] == [{"graph": "x.onnx", "name": "real_ct", "n": 3}]
+    assert out["command"] == result["command"]  # a command line is not a path: left as typed
+    assert portable_path(inside, base=repo) == "edgeseg/assets/example_ct_sm.nii.gz"
