@@ -73,7 +73,7 @@ def _onnxruntime_statuses() -> list[BackendStatus]:
     import onnxruntime as ort
 
     providers = set(ort.get_available_providers())
-    gpu_hint = "pip uninstall onnxruntime && pip install 'edgeseg[gpu]' (onnxruntime-gpu), on a machine with CUDA"
+    from edgeseg.runtime.gpu_pairs import ORT_GPU_HINT as gpu_hint
     out = [BackendStatus("ort-cpu", "CPUExecutionProvider" in providers, f"onnxruntime {ort.__version__}")]
     for name, provider in (("ort-cuda", "CUDAExecutionProvider"), ("ort-tensorrt", "TensorrtExecutionProvider")):
         if provider in providers:
