@@ -7,11 +7,12 @@ import platform
 import sys
 
 from edgeseg import __version__
+from edgeseg.runtime import gpu_pairs
 from edgeseg.runtime.availability import module_version, probe_backends
 from edgeseg.runtime.host import cpu_model, memory_gib
 
 LIBRARIES = ("numpy", "scipy", "nibabel", "onnx", "onnxruntime", "onnxruntime-gpu", "onnxscript",
-             "torch", "monai", "einops", "safetensors", "openvino", "tensorrt", "typer", "rich")
+             "torch", "monai", "einops", "safetensors", "openvino", "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "cuda-python", "typer", "rich")
 # optional libraries that are not backends: name -> (what edgeseg does with it, how to get it, what else it needs)
 OPTIONAL = {
     "tritonclient": ("edgeseg triton parses the config.pbtxt it writes with Triton's own protobuf",
@@ -37,6 +38,7 @@ def environment_report() -> dict:
         "cpu": {"model": cpu_model(), "cores": os.cpu_count(), "memory_gib": memory_gib()},
         "libraries": {name: module_version(name) for name in LIBRARIES},
         "backends": [b.to_dict() for b in backends],
+        "diagnosis": gpu_pairs.report(),  # GPU libraries that do not pair up: which, which version, what to install
         "optional": [{"name": name, "version": module_version(name), "for": what,
                       "detail": _optional_detail(name, hint, needs)}
                      for name, (what, hint, needs) in OPTIONAL.items()],

@@ -73,7 +73,7 @@ def _onnxruntime_statuses() -> list[BackendStatus]:
     import onnxruntime as ort
 
     providers = set(ort.get_available_providers())
-    gpu_hint = "pip uninstall onnxruntime && pip install 'edgeseg[gpu]' (onnxruntime-gpu), on a machine with CUDA"
+    from edgeseg.runtime.gpu_pairs import ORT_GPU_HINT as gpu_hint
     out = [BackendStatus("ort-cpu", "CPUExecutionProvider" in providers, f"onnxruntime {ort.__version__}")]
     for name, provider in (("ort-cuda", "CUDAExecutionProvider"), ("ort-tensorrt", "TensorrtExecutionProvider")):
         if provider in providers:
@@ -111,20 +111,39 @@ def _openvino_status() -> BackendStatus:
     return BackendStatus("openvino", True, f"OpenVINO {version}: {devices}")
 
 
+def _with_pairs(statuses: list[BackendStatus]) -> list[BackendStatus]:
+    """Mismatched GPU library pairs (runtime.gpu_pairs) named on the backends they break, before first use."""
+    from edgeseg.runtime.gpu_pairs import diagnose, gather_facts
+
+    findings = diagnose(gather_facts())
+    out = []
+    for s in statuses:
+        for f in (f for f in findings if s.name in f.affects):
+            if f.severity == "error":
+                s = BackendStatus(s.name, False, f.problem if s.usable else f"{s.detail}; {f.problem}", f.fix)
+            else:  # may run, but not as a matched pair: say so, and how to pair it
+                s = BackendStatus(s.name, s.usable, f"{s.detail} (warning: {f.problem}; fix: {f.fix})",
+                                  s.install_hint if s.usable else f.fix)
+        out.append(s)
+    return out
+
+
 def probe_backends() -> list[BackendStatus]:
     """Every backend edgeseg knows, usable or not, in a stable order."""
-    return [*_torch_statuses(), *_onnxruntime_statuses(), _openvino_status(), _tensorrt_status()]
+    return _with_pairs([*_torch_statuses(), *_onnxruntime_statuses(), _openvino_status(), _tensorrt_status()])
 
 
 def status(name: str) -> BackendStatus:
     """The probe of one backend by its status name ("ort-cuda", ...): only that one (probing torch is slow)."""
     if name.startswith("ort-"):
-        return next(s for s in _onnxruntime_statuses() if s.name == name)
-    if name == "openvino":
-        return _openvino_status()
-    if name == "tensorrt":
-        return _tensorrt_status()
-    return next(s for s in _torch_statuses() if s.name == name)
+        found = next(s for s in _onnxruntime_statuses() if s.name == name)
+    elif name == "openvino":
+        found = _openvino_status()
+    elif name == "tensorrt":
+        found = _tensorrt_status()
+    else:
+        found = next(s for s in _torch_statuses() if s.name == name)
+    return _with_pairs([found])[0]
 
 
 def require(name: str, title: str) -> None:

@@ -31,6 +31,9 @@ def _print_report(report: dict) -> None:
         table.add_row(b["name"], "[green]yes[/]" if b["usable"] else "[red]no[/]", escape(b["detail"]),
                       "" if b["usable"] else escape(b["install_hint"]))
     con.print(table)
+    for f in report["diagnosis"]["findings"]:
+        colour = "red" if f["severity"] == "error" else "yellow"
+        con.print(f"[{colour}]{f['severity']}[/]: {escape(f['problem'])}\n  fix: {escape(f['fix'])}", highlight=False)
     for lib in report["optional"]:
         state = escape(lib["detail"] if not lib["version"] else lib["version"] if lib["detail"] == "installed"
                        else f"{lib['version']} ({lib['detail']})")

@@ -21,6 +21,7 @@ import numpy as np
 
 from edgeseg.runtime.backends.base import Backend, BackendInfo, TensorSpec
 from edgeseg.runtime.errors import BackendUnavailable, InputError
+from edgeseg.runtime.gpu_pairs import ORT_GPU_HINT
 from edgeseg.runtime.graph import inspect_graph
 from edgeseg.runtime.support import Device
 
@@ -140,8 +141,7 @@ class OrtBackend(Backend):
         if wanted not in available:
             raise BackendUnavailable(f"{wanted} is not in this onnxruntime build ({ort.__version__}; it has "
                                      f"{', '.join(available)})",
-                                     fix="pip uninstall onnxruntime && pip install 'edgeseg[gpu]' (onnxruntime-gpu) on a "
-                                         "machine with an NVIDIA GPU; or choose device='cpu' explicitly")
+                                     fix=f"{ORT_GPU_HINT}; or choose device='cpu' explicitly")
         if self.device.is_gpu and hasattr(ort, "preload_dlls"):
             try:
                 ort.preload_dlls()
