@@ -22,8 +22,9 @@ def pretrain(
     spacing: float = typer.Option(3.0, "--spacing", help="Model grid spacing, mm."),
     window: int = typer.Option(64, "--window", help="Crop and sliding-window side, voxels (multiple of 32)."),
     lr: float = typer.Option(2e-3, "--lr"),
-    restart: Optional[list[str]] = typer.Option(None, "--restart", metavar="STEPS:LR",
-                                                help="A warm restart after --steps: STEPS more steps, warm-up to LR then cosine to 0 "
+    restart: Optional[list[str]] = typer.Option(None, "--restart", metavar="STEPS:LR[:adaptive]",
+                                                help="A warm restart after --steps: STEPS more steps, warm-up to LR then cosine to 0; "
+                                                     "':adaptive' draws each crop's organ by difficulty (1 - its running training Dice) "
                                                      "(repeatable; 'none' for none; default: the shipped recipe's). "
                                                      "With --resume --force it extends a finished pretraining."),
     seed: int = typer.Option(0, "--seed", help="Seed of the initialisation and the crop draw."),

@@ -10,7 +10,9 @@ Recipe, trained like the paper's foundation model (many labelled structures, one
   protocol's truly novel structures).
 - Sampling: `fg_fraction` of the crops are centred on a voxel of an organ drawn uniformly among the
   labelled organs (then a training case that has it), so small and rare organs get their share; the
-  rest on a random voxel inside the body.
+  rest on a random voxel inside the body. A warm restart may instead draw the organ by difficulty
+  (`--restart STEPS:LR:adaptive`): in proportion to 1 - its running soft Dice on the training batches
+  (`OrganDifficulty`), so an organ the model has not learned gets the crops the learned ones no longer need.
 - Intensity augmentation for the scanner shift (HU offset and gain, blur, noise; never a left-right flip:
   left and right organs are different classes).
 - Loss: per-channel soft Dice over the batch on the channels present in the batch (an absent channel's
@@ -54,6 +56,9 @@ CARD_NAME = "MODEL_CARD.md"
 STATE_NAME = "pretrain-state.pt"
 
 
+UNIFORM, ADAPTIVE = "uniform", "adaptive"  # how a crop's organ is drawn (see `CropSampler.centre`)
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     feature_size: int = 12
@@ -75,7 +80,8 @@ class PretrainConfig:
     gen_max_voxels: int = 6_000_000  # phantoms are generated at their sampled spacing, coarsened to this
     threads: int | None = None
     eval_every: int = 0  # steps between validations during training (0: only at the end)
-    restarts: tuple[tuple[int, float], ...] = ()  # warm restarts after `steps`: (steps, peak lr) each
+    # warm restarts after `steps`: (steps, peak lr) each, or (steps, peak lr, "adaptive") to draw organs by difficulty
+    restarts: tuple[tuple, ...] = ()
     save_every: int = 100  # steps between saves of the resumable training state
 
     # Fields that do not change the weights a run produces: a resumed run may differ in these.
@@ -84,13 +90,21 @@ class PretrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["depths"], d["num_heads"] = list(self.depths), list(self.num_heads)
-        d["restarts"] = [[int(n), float(lr)] for n, lr in self.restarts]
+        d["restarts"] = [[int(r[0]), float(r[1]), *r[2:]] for r in self.restarts]
         return d
 
     @property
     def cycles(self) -> list[tuple[int, float]]:
         """The schedule's cycles, (steps, peak lr) each: the first run, then every warm restart."""
-        return [(self.steps, self.lr), *((int(n), float(lr)) for n, lr in self.restarts)]
+        return [(self.steps, self.lr), *((int(r[0]), float(r[1])) for r in self.restarts)]
+
+    def sampling_at(self, step: int) -> str:
+        """How `step` draws the organ of a crop: "uniform", or "adaptive" in a restart that asks for it."""
+        for n, mode in [(self.steps, UNIFORM), *((int(r[0]), r[2] if len(r) > 2 else UNIFORM) for r in self.restarts)]:
+            if step < n:
+                return mode
+            step -= n
+        return UNIFORM
 
     @property
     def total_steps(self) -> int:
@@ -117,16 +131,20 @@ class PretrainConfig:
                          preprocess=PreprocessSpec(spacing=(s, s, s), window=(self.window,) * 3))
 
 
-def parse_restart(text: str) -> tuple[int, float]:
-    """``"3000:1e-3"`` -> ``(3000, 0.001)``: a warm restart's steps and peak learning rate."""
+def parse_restart(text: str) -> tuple:
+    """``"3000:1e-3"`` -> ``(3000, 0.001)``: a warm restart's steps and peak learning rate;
+    ``"1500:5e-4:adaptive"`` -> ``(1500, 0.0005, "adaptive")``: one that draws organs by difficulty."""
+    parts = text.split(":")
     try:
-        n, lr = text.split(":")
-        steps, peak = int(n), float(lr)
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in (UNIFORM, ADAPTIVE)):
+            raise ValueError
+        steps, peak = int(parts[0]), float(parts[1])
     except ValueError:
-        raise InputError(f"--restart {text!r} is not STEPS:LR", fix="e.g. --restart 3000:1e-3") from None
+        raise InputError(f"--restart {text!r} is not STEPS:LR or STEPS:LR:adaptive",
+                         fix="e.g. --restart 3000:1e-3 or --restart 1500:5e-4:adaptive") from None
     if steps < 1 or not peak > 0:
         raise InputError(f"--restart {text!r}: steps and lr must be positive", fix="e.g. --restart 3000:1e-3")
-    return steps, peak
+    return (steps, peak, ADAPTIVE) if parts[2:] == [ADAPTIVE] else (steps, peak)
 
 
 @dataclass
@@ -181,9 +199,12 @@ class CropSampler:
                     self.voxels.setdefault(cls, []).append((ci, idx))
         self.organs = sorted(self.voxels)
 
-    def centre(self, rng: np.random.Generator) -> tuple[int, tuple[int, int, int]]:
+    def centre(self, rng: np.random.Generator, organ_p: np.ndarray | None = None) -> tuple[int, tuple[int, int, int]]:
+        """A crop centre: on an organ (drawn uniformly, or with probabilities `organ_p` over `self.organs`)
+        with probability `fg_fraction`, else anywhere inside the body."""
         if self.organs and rng.random() < self.fg_fraction:
-            holders = self.voxels[self.organs[int(rng.integers(len(self.organs)))]]
+            pick = int(rng.integers(len(self.organs))) if organ_p is None else int(rng.choice(len(self.organs), p=organ_p))
+            holders = self.voxels[self.organs[pick]]
             ci, idx = holders[int(rng.integers(len(holders)))]
             flat = int(idx[int(rng.integers(len(idx)))])
             return ci, tuple(int(c) for c in np.unravel_index(flat, self.cases[ci].label.shape))
@@ -195,11 +216,11 @@ class CropSampler:
                 break
         return ci, c
 
-    def sample(self, rng: np.random.Generator, *, augment: bool = False):
+    def sample(self, rng: np.random.Generator, *, augment: bool = False, organ_p: np.ndarray | None = None):
         """One (image, multi-hot target) pair of `window`^3 voxels, zero-padded where the scan is smaller."""
         from edgeseg.runtime.preprocess import crop_window
 
-        ci, centre = self.centre(rng)
+        ci, centre = self.centre(rng, organ_p)
         case = self.cases[ci]
         size = (self.window,) * 3
         image = crop_window(case.image, centre, size, 0.0)
@@ -235,21 +256,65 @@ def augment_intensity(image: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return x
 
 
-def multilabel_loss(logits, target, smooth: float = 1.0):
-    """Soft Dice per channel over the batch, averaged over the channels present in the batch, plus BCE.
-
-    Each present organ weighs alike (a small organ counts as much as the liver); a channel absent from
-    the batch gets no Dice term (its smoothed Dice would only push it towards silence, everywhere).
-    """
+def soft_dice_per_channel(logits, target, smooth: float = 1.0):
+    """Soft Dice of each channel over the batch, and which channels are present in the target."""
     import torch
 
     p = torch.sigmoid(logits)
     dims = (0, 2, 3, 4)
     ref = target.sum(dims)
-    dice = 1.0 - (2.0 * (p * target).sum(dims) + smooth) / (p.sum(dims) + ref + smooth)
-    present = ref > 0
-    dice_term = dice[present].mean() if bool(present.any()) else logits.new_zeros(())
+    return (2.0 * (p * target).sum(dims) + smooth) / (p.sum(dims) + ref + smooth), ref > 0
+
+
+def multilabel_loss(logits, target, smooth: float = 1.0, *, dice_out: list | None = None):
+    """Soft Dice per channel over the batch, averaged over the channels present in the batch, plus BCE.
+
+    Each present organ weighs alike (a small organ counts as much as the liver); a channel absent from
+    the batch gets no Dice term (its smoothed Dice would only push it towards silence, everywhere).
+    `dice_out` receives the (detached) per-channel Dice and presence, for `OrganDifficulty`.
+    """
+    import torch
+
+    dice, present = soft_dice_per_channel(logits, target, smooth)
+    if dice_out is not None:
+        dice_out[:] = [dice.detach().numpy().astype(np.float64), present.numpy()]
+    dice_term = (1.0 - dice[present]).mean() if bool(present.any()) else logits.new_zeros(())
     return dice_term + torch.nn.functional.binary_cross_entropy_with_logits(logits, target)
+
+
+class OrganDifficulty:
+    """Each organ's running soft Dice on the training batches that hold it (an exponential moving average),
+    and from it the adaptive restart's organ draw: in proportion to 1 - Dice, at least `floor`.
+
+    Only training batches feed it: the validation phantoms never choose anything. Its state is part of the
+    resumable training state, so a resumed run draws the same crops.
+    """
+
+    def __init__(self, n: int, decay: float = 0.98, floor: float = 0.1):
+        self.decay, self.floor = decay, floor
+        self.dice = np.zeros(n)  # a model starts knowing nothing: the first draws are uniform
+        self.seen = np.zeros(n, dtype=np.int64)
+
+    def update(self, dice: np.ndarray, present: np.ndarray) -> None:
+        d = self.decay
+        self.dice[present] = d * self.dice[present] + (1.0 - d) * dice[present]
+        self.seen[present] += 1
+
+    def draw_p(self, organs: Sequence[int]) -> np.ndarray:
+        """Probabilities over `organs` (label values i + 1 of channel i)."""
+        w = np.maximum(1.0 - self.debiased()[[o - 1 for o in organs]], self.floor)
+        return w / w.sum()
+
+    def debiased(self) -> np.ndarray:
+        """The average with its zero start corrected (as Adam corrects its moments), 0 where never seen."""
+        corr = 1.0 - self.decay ** self.seen
+        return np.divide(self.dice, corr, out=np.zeros_like(self.dice), where=corr > 0)
+
+    def to_dict(self) -> dict:
+        return {"dice": [float(x) for x in self.dice], "seen": [int(x) for x in self.seen]}
+
+    def load(self, d: dict) -> None:
+        self.dice, self.seen = np.array(d["dice"], dtype=np.float64), np.array(d["seen"], dtype=np.int64)
 
 
 def dice_per_organ(prob: np.ndarray, label: np.ndarray, threshold: float = 0.5) -> dict[str, float | None]:
@@ -313,7 +378,7 @@ def _prepare_data(config: PretrainConfig, spec, progress) -> tuple[list[Prepared
 
 
 def save_state(path: Path, *, model, opt, step: int, rng: np.random.Generator, config: PretrainConfig,
-               losses: list[float], evals: list[dict], runs: list[dict]) -> None:
+               losses: list[float], evals: list[dict], runs: list[dict], difficulty: OrganDifficulty | None = None) -> None:
     """The whole training state in one file, written atomically (a kill mid-save keeps the previous one).
 
     Weights stay float32; AdamW's two moments are stored as bfloat16 (same exponent range as float32),
@@ -332,13 +397,17 @@ def save_state(path: Path, *, model, opt, step: int, rng: np.random.Generator, c
             "opt": {"state": packed, "param_groups": opt_state["param_groups"]},
             "numpy_rng": json.dumps(rng.bit_generator.state), "torch_rng": torch.get_rng_state(),
             "losses": losses, "evals": json.dumps(evals), "runs": json.dumps(runs)}
+    if difficulty is not None:
+        blob["organ_difficulty"] = json.dumps(difficulty.to_dict())
     buf = io.BytesIO()
     torch.save(blob, buf)
     write_bytes_atomic(path, buf.getvalue(), force=True)
 
 
-def load_state(path: Path, config: PretrainConfig, model, opt, rng: np.random.Generator) -> tuple[int, list, list, list]:
-    """Restore what `save_state` wrote; refuse a state made with another schedule."""
+def load_state(path: Path, config: PretrainConfig, model, opt, rng: np.random.Generator,
+               difficulty: OrganDifficulty | None = None) -> tuple[int, list, list, list]:
+    """Restore what `save_state` wrote; refuse a state made with another schedule. A state from before
+    `OrganDifficulty` leaves `difficulty` at its start (it learns each organ's Dice again within ~50 batches)."""
     import torch
 
     try:
@@ -363,6 +432,8 @@ def load_state(path: Path, config: PretrainConfig, model, opt, rng: np.random.Ge
     opt.load_state_dict({"state": state, "param_groups": blob["opt"]["param_groups"]})
     rng.bit_generator.state = json.loads(blob["numpy_rng"])
     torch.set_rng_state(blob["torch_rng"])
+    if difficulty is not None and "organ_difficulty" in blob:
+        difficulty.load(json.loads(blob["organ_difficulty"]))
     return int(blob["step"]), list(blob["losses"]), json.loads(blob["evals"]), json.loads(blob["runs"])
 
 
@@ -397,7 +468,8 @@ def pretrain(out: str | Path, config: PretrainConfig = PretrainConfig(), *, forc
     if state_path.exists() and not resume and not force:
         raise InputError("holds an unfinished pretraining state", path=state_path,
                          fix="pass --resume to continue it, or --force to start again")
-    if config.steps < 1 or config.batch_size < 1 or any(n < 1 or lr <= 0 for n, lr in config.restarts):
+    if config.steps < 1 or config.batch_size < 1 or any(r[0] < 1 or r[1] <= 0 or r[2:] not in ((), (ADAPTIVE,), (UNIFORM,))
+                                                         for r in config.restarts):
         raise InputError(f"steps={config.steps}, batch_size={config.batch_size} and every restart's steps and lr "
                          f"({config.restarts}) must be positive", fix="e.g. --steps 3000 --restart 3000:1e-3")
     if config.window % 32:
@@ -418,13 +490,14 @@ def pretrain(out: str | Path, config: PretrainConfig = PretrainConfig(), *, forc
     model = build_swinunetr(spec).train()
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=1e-5)
     sampler = CropSampler(train, config.window, config.fg_fraction)
+    difficulty = OrganDifficulty(len(BASE_ORGANS))
     losses: list[float] = []
     evals: list[dict] = []
     runs: list[dict] = []
     skipped: list[int] = []
     start = 0
     if resume:
-        start, losses, evals, runs = load_state(state_path, config, model, opt, rng)
+        start, losses, evals, runs = load_state(state_path, config, model, opt, rng, difficulty)
         skipped = [s for r in runs for s in r.get("skipped_steps", [])]
         log(f"resumed at step {start} of {config.total_steps} (run {len(runs) + 1})")
     run = {"run": len(runs) + 1, "from_step": start, "to_step": start, "wall_seconds": 0.0, "cpu_seconds": 0.0,
@@ -438,7 +511,7 @@ def pretrain(out: str | Path, config: PretrainConfig = PretrainConfig(), *, forc
                    skipped_steps=[s for s in skipped if s >= run["from_step"]])
         out.mkdir(parents=True, exist_ok=True)
         save_state(state_path, model=model, opt=opt, step=step, rng=rng, config=config, losses=losses, evals=evals,
-                   runs=runs)
+                   runs=runs, difficulty=difficulty)
 
     t1 = time.perf_counter()
     step = start
@@ -446,10 +519,13 @@ def pretrain(out: str | Path, config: PretrainConfig = PretrainConfig(), *, forc
     while step < total:
         for g in opt.param_groups:
             g["lr"] = config.lr_at(step)
-        crops = [sampler.sample(rng, augment=config.augment) for _ in range(config.batch_size)]
+        organ_p = difficulty.draw_p(sampler.organs) if config.sampling_at(step) == ADAPTIVE else None
+        crops = [sampler.sample(rng, augment=config.augment, organ_p=organ_p) for _ in range(config.batch_size)]
         x = torch.from_numpy(np.stack([c[0] for c in crops]))[:, None]
         y = torch.from_numpy(np.stack([c[1] for c in crops]))
-        loss = multilabel_loss(model(x), y)
+        batch_dice: list = []
+        loss = multilabel_loss(model(x), y, dice_out=batch_dice)
+        difficulty.update(*batch_dice)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -504,6 +580,8 @@ def pretrain(out: str | Path, config: PretrainConfig = PretrainConfig(), *, forc
         "total_wall_seconds": round(sum(r["wall_seconds"] for r in runs), 1),
         "total_cpu_seconds": round(sum(r["cpu_seconds"] for r in runs), 1),
         "skipped_steps": skipped,
+        # each organ's running soft Dice on the training batches (what an adaptive restart draws by)
+        "organ_training_dice": {n: round(float(v), 4) for n, v in zip(BASE_ORGANS, difficulty.debiased())},
         "peak_rss_gib": peak_rss_gib(),
         "host": host_description(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
@@ -566,7 +644,9 @@ def model_card(report: dict) -> str:
         + (", intensity augmentation (HU offset and gain, blur, noise; no flips)" if cfg.get("augment") else "")
         + f"; Dice over the organs present in the batch + BCE; AdamW lr {cfg['lr']:g} with {cfg['warmup']} warm-up "
         f"steps then cosine"
-        + "".join(f", then a warm restart of {n} steps to lr {lr:g}" for n, lr in cfg.get("restarts") or [])
+        + "".join(f", then a warm restart of {r[0]} steps to lr {r[1]:g}"
+                  + (" drawing organs by difficulty (1 - running training Dice)" if r[2:] == [ADAPTIVE] else "")
+                  for r in cfg.get("restarts") or [])
         + f"; Swin attention window {spec.get('swin_window', 7)}; seed {cfg['seed']}.",
         f"- Last run on {report['host'].get('cpu', '?')} ({report['threads']} threads, torch {report['torch']}): "
         f"phantoms {t['data_seconds']:.0f} s, training {t['train_seconds']:.0f} s, validation "
@@ -597,7 +677,7 @@ def model_card(report: dict) -> str:
     short = [f"{n} {v:.2f}" for n, v in val[first]["per_organ"].items() if v is not None and 0.1 <= v < 0.85]
     if short:
         lines += ["", f"Below the 0.85 aim on {first} validation: {', '.join(short)}."]
-    restarts = "".join(f" --restart {n}:{lr:g}" for n, lr in cfg.get("restarts") or [])
+    restarts = "".join(f" --restart {r[0]}:{r[1]:g}" + "".join(f":{m}" for m in r[2:]) for r in cfg.get("restarts") or [])
     lines += ["", f"Reproduce: `edgeseg pretrain --out DIR --steps {cfg['steps']}{restarts} --seed {cfg['seed']}` "
               "(same machine and library versions give the same weights; `--max-minutes` and `--resume` split it "
               "into runs, which continue from a state with bfloat16 optimiser moments, so a split run's weights "

@@ -16,6 +16,7 @@ from edgeseg.train.pretrain import (
     REPORT_NAME,
     STATE_NAME,
     CropSampler,
+    OrganDifficulty,
     PreparedCase,
     PretrainConfig,
     augment_intensity,
@@ -23,6 +24,7 @@ from edgeseg.train.pretrain import (
     model_card,
     multilabel_loss,
     parse_restart,
+    prepare_phantom,
     pretrain,
     sample_crop,
 )
@@ -233,3 +235,58 @@ def test_the_shipped_model_is_small_loads_and_matches_its_card():
     assert meta["total_cpu_seconds"] == pytest.approx(sum(r["cpu_seconds"] for r in meta["runs"]), abs=1)
     card = DEFAULT_MODEL_CARD.read_text()
     assert meta["weights"]["sha256"][:16] in card and f"Runs: {len(meta['runs'])}" in card
+
+
+def test_an_adaptive_restart_is_parsed_scheduled_and_recorded():
+    assert parse_restart("1500:5e-4:adaptive") == (1500, 5e-4, "adaptive")
+    assert parse_restart("1500:5e-4:uniform") == (1500, 5e-4)  # the default spelled out is the default
+    with pytest.raises(InputError, match="STEPS:LR:adaptive"):
+        parse_restart("1500:5e-4:hardest")
+    cfg = PretrainConfig(steps=4, restarts=((3, 1e-3), (2, 5e-4, "adaptive")))
+    assert [cfg.sampling_at(s) for s in range(10)] == ["uniform"] * 7 + ["adaptive"] * 2 + ["uniform"]
+    assert cfg.to_dict()["restarts"] == [[3, 1e-3], [2, 5e-4, "adaptive"]]
+    assert cfg.total_steps == 9 and cfg.lr_at(7) == pytest.approx(cfg.lr_at(4) / 2)  # lr as for any restart
+
+
+def test_organ_difficulty_draws_the_unlearned_organ_most():
+    diff = OrganDifficulty(3, decay=0.9, floor=0.1)
+    assert np.allclose(diff.draw_p([1, 2, 3]), 1 / 3)  # knowing nothing: uniform
+    for _ in range(50):
+        diff.update(np.array([0.9, 0.02, 0.6]), np.array([True, True, False]))
+    diff.update(np.array([0.9, 0.02, 0.6]), np.array([True, False, True]))  # organ 3 seen once
+    assert diff.debiased() == pytest.approx([0.9, 0.02, 0.6], abs=1e-6)  # the zero start is corrected
+    p = diff.draw_p([1, 2, 3])
+    assert p.sum() == pytest.approx(1.0) and p[1] > 0.6 and p[0] == pytest.approx(0.1 / (0.1 + 0.98 + 0.4))
+    restored = OrganDifficulty(3, decay=0.9)
+    restored.load(json.loads(json.dumps(diff.to_dict())))
+    assert np.array_equal(restored.draw_p([1, 2, 3]), p)
+
+
+def test_the_sampler_follows_the_organ_draw():
+    from edgeseg.data.phantom import SOURCE, case_seed
+
+    cfg = PretrainConfig(**_TINY)
+    case = prepare_phantom(case_seed(0, 1), SOURCE, cfg.model_spec(), gen_max_voxels=cfg.gen_max_voxels)
+    sampler = CropSampler([case], 16, fg_fraction=1.0)
+    target = sampler.organs[-1]
+    p = np.zeros(len(sampler.organs))
+    p[-1] = 1.0
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        ci, centre = sampler.centre(rng, p)
+        assert case.label[centre] == target
+    uniform = [case.label[sampler.centre(np.random.default_rng(s))[1]] for s in range(40)]
+    assert len(set(uniform)) > 3  # without a draw, the organs come uniformly
+
+
+def test_an_adaptive_restart_extends_a_pretraining_and_keeps_its_difficulty_in_the_state(tmp_path):
+    out = tmp_path / "run"
+    pretrain(out, PretrainConfig(steps=2, **_TINY))
+    done = pretrain(out, PretrainConfig(steps=2, restarts=((2, 1e-3, "adaptive"),), **_TINY), resume=True, force=True)
+    assert done["finished"] and done["config"]["restarts"] == [[2, 1e-3, "adaptive"]]
+    assert set(done["organ_training_dice"]) == set(BASE_ORGANS)
+    assert any(v > 0 for v in done["organ_training_dice"].values())
+    state = json.loads(torch.load(out / STATE_NAME, map_location="cpu", weights_only=True)["organ_difficulty"])
+    assert len(state["seen"]) == len(BASE_ORGANS) and sum(state["seen"]) >= 4  # every batch of 4 steps held an organ
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "drawing organs by difficulty" in card and "--restart 2:0.001:adaptive" in card
