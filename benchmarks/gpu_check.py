@@ -40,6 +40,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -77,11 +78,41 @@ def _sizes(smoke: bool) -> dict:
 # --- the parent: steps under the budget, the JSON after each -------------------------------------------------
 
 
-def _write(out: Path, result: dict) -> None:
+# an absolute path inside a message or traceback (not after a word, a dot, a colon or another slash: no URLs)
+_PATH_IN_TEXT = re.compile(r"(?<![\w.~:/-])/(?:[^\s'\"():,/]+/)*[^\s'\"():,/]*")
+
+
+def _portable_text(obj, work: Path):
+    """`obj` with the absolute paths inside its strings made portable too (`portable_paths` takes only strings that
+    are a path): the scratch folder as WORK, installed packages from site-packages/, the rest as
+    `runtime.manifest.portable_path` makes them (repository-relative, else the file name)."""
+    from edgeseg.runtime.manifest import portable_path
+
+    def one(m: re.Match) -> str:
+        tok = m.group(0)
+        if tok == "/":
+            return tok
+        if tok.startswith(str(work)):
+            return "WORK" + tok[len(str(work)):]
+        if "/site-packages/" in tok:
+            return "site-packages/" + tok.split("/site-packages/", 1)[1]
+        return portable_path(tok, ROOT)
+
+    if isinstance(obj, dict):
+        return {k: _portable_text(v, work) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_portable_text(v, work) for v in obj]
+    if isinstance(obj, str) and "/" in obj:
+        return _PATH_IN_TEXT.sub(one, obj)
+    return obj
+
+
+def _write(out: Path, result: dict, work: Path) -> None:
     from edgeseg.runtime.atomic import write_text_atomic
     from edgeseg.runtime.manifest import portable_paths
 
-    write_text_atomic(out / RESULT, json.dumps(portable_paths(result), indent=2, default=str) + "\n", force=True)
+    text = json.dumps(_portable_text(portable_paths(result, ROOT), work), indent=2, default=str)
+    write_text_atomic(out / RESULT, text + "\n", force=True)
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -151,10 +182,16 @@ def parent(args) -> int:
     from edgeseg.runtime.manifest import library_versions
 
     out: Path = args.out
-    if (out / RESULT).exists() and not args.force:
-        from edgeseg.runtime.errors import InputError
+    earlier = None
+    if (out / RESULT).exists():
+        if not args.force:
+            from edgeseg.runtime.errors import InputError
 
-        raise InputError(f"already holds {RESULT}", path=out, fix="pass --force to replace it, or choose another --out")
+            raise InputError(f"already holds {RESULT}", path=out, fix="pass --force to replace it, or choose another --out")
+        try:
+            earlier = json.loads((out / RESULT).read_text())
+        except (OSError, json.JSONDecodeError):
+            earlier = None
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="edgeseg-gpu-check-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -166,22 +203,28 @@ def parent(args) -> int:
         from edgeseg.runtime.errors import InputError
 
         raise InputError(f"--steps {','.join(unknown)}: no such step", fix=f"choose from {', '.join(n for n, _ in STEPS)}")
+    if {"trunk", "compile"} & set(selected) and not (work / "reference.json").exists():
+        selected += ["peaks", "reference"]  # they compare with the reference and the peaks of this machine, this run
     result = {"schema": SCHEMA, "benchmark": "gpu_check",
               "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "command": "python benchmarks/gpu_check.py " + " ".join(shlex.quote(a) for a in _public_argv()),
+              "command": "python benchmarks/gpu_check.py " + " ".join(shlex.quote(a) for a in _public_argv(args.argv)),
               "smoke": args.smoke, "machine": machine_tag(), "host": describe(), "libraries": library_versions(),
               "budget_s": args.budget, "sizes": _sizes(args.smoke), "steps": {}}
     cuda = _cuda_visible()
     result["cuda_visible"] = cuda
     if not cuda and not args.smoke:
         result["error"] = "no CUDA device visible to torch: nothing to check (use --smoke to test the script on the CPU)"
-        _write(out, result)
+        _write(out, result, work)
         print(result["error"], file=sys.stderr)
         return 2
-    _write(out, result)
+    _write(out, result, work)
     for name, share in STEPS:
         if name not in selected:
-            result["steps"][name] = {"status": "skipped", "reason": f"not selected (--steps {args.steps})"}
+            before = (earlier or {}).get("steps", {}).get(name)
+            if before and not str(before.get("reason", "")).startswith("not selected"):  # a rerun of some steps
+                result["steps"][name] = {**before, "from_earlier_run": earlier.get("date")}
+            else:
+                result["steps"][name] = {"status": "skipped", "reason": f"not selected (--steps {args.steps})"}
             continue
         left = deadline - time.time()
         share = SMOKE_SHARE if args.smoke else share
@@ -197,19 +240,19 @@ def parent(args) -> int:
                   + (f" ({result['steps'][name].get('reason')})" if result["steps"][name].get("reason") else ""),
                   flush=True)
         result["total_s"] = round(time.time() - t_start, 1)
-        _write(out, result)  # after every step: a kill still leaves what finished
+        _write(out, result, work)  # after every step: a kill still leaves what finished
     summary = summarize(result)
     result["summary"] = summary
-    _write(out, result)
+    _write(out, result, work)
     print_table(result)
     print(f"wrote {out / RESULT} ({result['total_s']} s)")
     return 0
 
 
-def _public_argv() -> list[str]:
+def _public_argv(given: list[str]) -> list[str]:
     """This command's arguments without the machine's own paths (what the JSON records)."""
     argv, skip = [], False
-    for a in sys.argv[1:]:
+    for a in given:
         if skip:
             argv.append("DIR")
             skip = False
@@ -626,7 +669,7 @@ def step_scan(step: Step) -> dict:
 
     manifest = EngineManifest.from_folder(engine_dir, verify_files=False)
     cuda = step.device == "cuda"
-    runs = [("fp32", 1), ("fp16", 1), ("fp16", 4)] if cuda else [("fp32", 1), ("bf16", 1)]
+    runs = [("fp32", 1), ("fp16", 1), ("fp16", 4)] if cuda else [("fp32", 1)]  # the smoke: the code path, once
     runs = list(dict.fromkeys((p, min(b, manifest.max_batch)) for p, b in runs))  # an engine exported for fewer
     for precision, sw_batch in runs:
         name = f"torch-{step.device} {precision} sw-batch {sw_batch}"
@@ -687,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--deadline", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.step:
         return child(args)
     from edgeseg.runtime.errors import EdgesegError
