@@ -235,7 +235,16 @@ def parent(args) -> int:
                                                f"the step needs at least {MIN_START.get(name, 20)} s"}
         else:
             print(f"== {name} (at most {limit:.0f} s; {left:.0f} s of the budget left)", flush=True)
-            result["steps"][name] = run_step(name, limit, args, work)
+            try:
+                result["steps"][name] = run_step(name, limit, args, work)
+            except KeyboardInterrupt:  # gpu_check.sh's backstop (SIGINT) or Ctrl-C: keep what this step finished
+                rows = _read_rows(work / f"{name}.rows.jsonl")
+                result["steps"][name] = {"status": "partial" if rows else "error", "rows": rows,
+                                         "reason": "interrupted (SIGINT: the script's time limit, or Ctrl-C)"}
+                result["total_s"] = round(time.time() - t_start, 1)
+                _write(out, result, work)
+                print(f"interrupted in step {name}; wrote {out / RESULT}", file=sys.stderr)
+                return 130
             print(f"== {name}: {result['steps'][name]['status']} in {result['steps'][name]['seconds']} s"
                   + (f" ({result['steps'][name].get('reason')})" if result["steps"][name].get("reason") else ""),
                   flush=True)

@@ -25,7 +25,9 @@ run() {
   rm -rf "$work/site"
   "$py" "$here/gpu_env.py" install --wheels "$here/wheels" --target "$work/site" || return 2
   export PYTHONPATH="$work/site${PYTHONPATH:+:$PYTHONPATH}"
-  "$py" "$here/gpu_env.py" check || return 2
+  local cpu=()
+  if [[ " $* " == *" --smoke "* ]]; then cpu=(--cpu); fi  # the smoke runs on the CPU: no GPU needed
+  "$py" "$here/gpu_env.py" check ${cpu[@]+"${cpu[@]}"} || return 2
   nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
   local left=$(( budget - SECONDS - 10 ))
   echo "== $(date -u +%FT%TZ) [${SECONDS}s] gpu_check.py with ${left}s"

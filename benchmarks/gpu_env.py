@@ -159,7 +159,7 @@ def cmd_check(args) -> int:
     try:
         import torch
 
-        if torch.version.cuda is None or not torch.cuda.is_available():
+        if not args.cpu and (torch.version.cuda is None or not torch.cuda.is_available()):
             problems["cuda"] = (f"a CUDA GPU for torch {torch.__version__} ("
                                 + ("CPU build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no device visible")
                                 + ")")
@@ -183,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     i = sub.add_parser("install")
     i.add_argument("--wheels", default=str(ROOT / "benchmarks" / "wheels"))
     i.add_argument("--target", required=True)
-    sub.add_parser("check")
+    c = sub.add_parser("check")
+    c.add_argument("--cpu", action="store_true", help="no GPU needed (gpu_check.py --smoke)")
     args = ap.parse_args(argv)
     return {"stamp": cmd_stamp, "install": cmd_install, "check": cmd_check}[args.cmd](args)
 
