@@ -17,7 +17,8 @@ with the reason, one killed at its limit keeps the rows it finished):
   device alone (`TorchBackend.forward`, input already there), TFLOP/s and the fraction of the measured
   peak of its compute precision and of the fp16 peak, peak GPU memory (torch.cuda.max_memory_allocated
   and max_memory_reserved), rel L2 against the CPU fp32 reference and mask flips through a fixed
-  random 1x1x1 head (`edgeseg.bench.worker.head_weights`).
+  random 1x1x1 head (`edgeseg.bench.worker.head_weights`). torch's defaults stand: cuDNN convolutions
+  of the fp32 rows run in TF32 (the peaks step records both TF32 switches).
 - adapt: the adapters' training step on the same cached features (`edgeseg.bench.adapt.measure`, each
   in its own process) on the GPU and on this machine's CPU: seconds per step, peak GPU and host memory.
 - scan: the shipped real CT end to end (read, preprocess, sliding window, post-process, write:
@@ -550,7 +551,6 @@ def measure_configs(step: Step, names) -> dict:
                     backend.forward(xd)
                 sync()
                 dev = _timed(lambda: backend.forward(xd), step.sizes["runs"], sync)
-                del xd
                 row["ran"] = backend.describe().to_dict()
                 row["predict_ms"] = summarize(predict, per=batch)
                 row["device_ms"] = summarize(dev, per=batch)
