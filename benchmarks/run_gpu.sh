@@ -29,8 +29,8 @@ step() {  # step SHARE_SECONDS command...: run with the smaller of its share and
 }
 
 "$py" -c "import torch; assert torch.cuda.is_available(), 'no CUDA torch here'" || exit 2
-wheels=()
-if [ -d "$here/wheels" ]; then wheels=("$here"/wheels/*.whl); fi
+wheels=()  # edgeseg itself is installed from this checkout: not its wheel (benchmarks/gpu_wheels.sh puts one there)
+for w in "$here"/wheels/*.whl; do [ -e "$w" ] && [[ "$(basename "$w")" != edgeseg-* ]] && wheels+=("$w"); done
 log "installing edgeseg (+ ${#wheels[@]} wheel(s) from benchmarks/wheels)"
 "$py" -m pip install --quiet --no-index --no-deps --no-build-isolation -e . ${wheels[@]+"${wheels[@]}"} || exit 2
 machine="$("$py" -m edgeseg.bench.machine)"

@@ -29,7 +29,7 @@ from edgeseg.runtime.artifacts.graphs import GraphIO
 from edgeseg.runtime.artifacts.trunk import TrunkManifest
 from edgeseg.runtime.support import GRAPH_PRECISIONS, check_graph_precisions
 
-__all__ = ["fuse", "fuse_graphs"]
+__all__ = ["fuse", "fuse_graphs", "torch_engine"]
 
 INPUT_NAME = "image"
 Log = Callable[[str], None]
@@ -180,19 +180,17 @@ def _spatial(trunk_model) -> list[int]:
 # --- parity reference -----------------------------------------------------------------------------
 
 
-def _torch_reference(trunk_dir: Path, trunk: TrunkManifest, adapters: list[dict], inputs: dict) -> dict:
-    """PyTorch fp32: trunk split at the cut from the recorded checkpoint + torch adapters + sigmoid."""
-    import torch
-    from edgeseg.export.trunk import torch_outputs
+def torch_modules(trunk_dir: Path, trunk: TrunkManifest, adapters: list[dict]):
+    """The engine's PyTorch fp32 form, in eval mode: (trunk split at the cut from the checkpoint the trunk manifest
+    names, checked by sha256; [each adapter built and loaded from its safetensors]). Adapters as `_read_inputs` lists them."""
     from safetensors.torch import load_file
 
     from edgeseg.adapters import build_adapter
     from edgeseg.model.checkpoint import load_exported_checkpoint
     from edgeseg.model.swinunetr import split
 
-    model = load_exported_checkpoint(trunk, trunk_dir, needed_for="parity of the fused graph needs the trunk's checkpoint")
+    model = load_exported_checkpoint(trunk, trunk_dir, needed_for="the fused engine's torch form needs the trunk's checkpoint")
     trunk_module, _ = split(model, trunk.cut)
-    features = torch_outputs(trunk_module.eval(), inputs)
     modules = []
     for a in adapters:
         m = a["manifest"]
@@ -200,6 +198,49 @@ def _torch_reference(trunk_dir: Path, trunk: TrunkManifest, adapters: list[dict]
                                pretrained=model if m.adapter == "ft-last" else None)
         module.load_state_dict(load_file(str(a["folder"] / AdapterManifest.WEIGHTS)))
         modules.append(module.eval())
+    return trunk_module.eval(), modules
+
+
+def torch_engine(folder: str | Path):
+    """An engine folder's graph as one torch module (trunk + adapters + sigmoid; outputs ``prob_<organ>`` in the
+    manifest's order), rebuilt from the trunk and adapter folders its manifest names (each checked against the
+    hash recorded at fusion). For measuring an engine on a torch backend (benchmarks/gpu_check.py); `edgeseg predict`
+    runs the fused graph itself."""
+    import torch
+
+    folder = Path(folder)
+    manifest = EngineManifest.from_folder(folder, verify_files=False)
+    if manifest.trunk is None or not manifest.adapters:
+        raise InputError("the engine manifest names no trunk or adapters to rebuild its torch form from", path=folder,
+                         fix=f"fuse it again ({EngineManifest.REBUILD})")
+    trunk_dir = Path(manifest.trunk.folder)
+    trunk, adapters = _read_inputs(trunk_dir, [Path(a.folder) for a in manifest.adapters])
+    recorded = [manifest.trunk.manifest_sha256, *(a.manifest_sha256 for a in manifest.adapters)]
+    if [trunk.sha256, *(a["manifest"].sha256 for a in adapters)] != recorded:
+        raise InputError("its trunk or adapter folders changed since the engine was fused from them", path=folder,
+                         fix=f"fuse it again ({EngineManifest.REBUILD})")
+    trunk_module, modules = torch_modules(trunk_dir, trunk, adapters)
+
+    class Fused(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.trunk, self.adapters = trunk_module, torch.nn.ModuleList(modules)
+
+        def forward(self, x):
+            feats = self.trunk(x)
+            feats = feats if isinstance(feats, (tuple, list)) else (feats,)
+            return tuple(torch.sigmoid(a(*feats)) for a in self.adapters)
+
+    return Fused().eval()
+
+
+def _torch_reference(trunk_dir: Path, trunk: TrunkManifest, adapters: list[dict], inputs: dict) -> dict:
+    """PyTorch fp32: trunk split at the cut from the recorded checkpoint + torch adapters + sigmoid."""
+    import torch
+    from edgeseg.export.trunk import torch_outputs
+
+    trunk_module, modules = torch_modules(trunk_dir, trunk, adapters)
+    features = torch_outputs(trunk_module, inputs)
     reference = {}
     with torch.inference_mode():
         for name, outs in features.items():

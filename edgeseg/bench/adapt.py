@@ -88,7 +88,7 @@ def measure(mode: str, adapter_kind: str, k: int, fs: int, crop: int, steps: int
                               align=2 if cut == "pre-decoder1" else 1)
 
         def batch():
-            feats, label = sampler.sample(positive=True)
+            feats, label = sampler.sample("positive")
             return [torch.from_numpy(f[None]).to(device) for f in feats], torch.from_numpy(label[None, None]).to(device)
 
         trainable = list(adapter.parameters())
@@ -138,6 +138,7 @@ def measure(mode: str, adapter_kind: str, k: int, fs: int, crop: int, steps: int
            "seconds_per_step": round(statistics.median(times[1:]), 3), "peak_rss_gib": peak_rss_gib()}
     if device == "cuda":
         row["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+        row["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)  # what the allocator held
     return row
 
 

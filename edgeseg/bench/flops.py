@@ -8,6 +8,9 @@ counted node whose shapes cannot be inferred is listed in `unknown` instead of b
 
 At feature_size 48 on a 96^3 window this gives 636 GFLOPs for the trunk cut at decoder1 and 293
 GFLOPs at pre-decoder1 (the decoder1 block's full-resolution convolutions are the difference).
+`count_module_flops` is the same count from a torch module (torch's FlopCounterMode on the meta device,
+nothing computed): for a script that has the module but no exported graph (benchmarks/gpu_check.py), and
+the cross-check of `count_onnx_flops` in the tests.
 """
 
 from __future__ import annotations
@@ -34,6 +37,20 @@ class FlopCount:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "gflops": round(self.gflops, 3)}
+
+
+def count_module_flops(module, input_shape: tuple[int, ...]) -> int:
+    """FLOPs of one call of `module` on an input of `input_shape` (batch included), counted by torch on a
+    meta-device copy: no memory, nothing computed, the module itself left where it is."""
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(module).to("meta")
+    with torch.inference_mode(False), torch.no_grad(), FlopCounterMode(display=False) as counter:
+        meta(torch.empty(*input_shape, device="meta"))
+    return int(counter.get_total_flops())
 
 
 def _prod(xs) -> int:

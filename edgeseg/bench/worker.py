@@ -64,13 +64,18 @@ def rel_l2(ref: np.ndarray, got: np.ndarray) -> float:
     return float(np.sqrt(num) / max(np.sqrt(den), 1e-30))
 
 
-def head_mask(features: np.ndarray, seed: int = HEAD_SEED) -> np.ndarray:
-    """Masks of (N, C, ...) features through a fixed random 1x1x1 head (torch Conv3d's default init range)."""
-    c = features.shape[1]
+def head_weights(c: int, seed: int = HEAD_SEED) -> tuple[np.ndarray, np.float32]:
+    """The fixed random 1x1x1 head over `c` channels: (weights (c,), bias), torch Conv3d's default init range."""
     rng = np.random.default_rng(seed)
     bound = 1.0 / np.sqrt(c)
     w = rng.uniform(-bound, bound, c).astype(np.float32)
-    b = np.float32(rng.uniform(-bound, bound))
+    return w, np.float32(rng.uniform(-bound, bound))
+
+
+def head_mask(features: np.ndarray, seed: int = HEAD_SEED) -> np.ndarray:
+    """Masks of (N, C, ...) features through a fixed random 1x1x1 head (`head_weights`)."""
+    c = features.shape[1]
+    w, b = head_weights(c, seed)
     logits = np.zeros((features.shape[0], *features.shape[2:]), dtype=np.float32)
     for i in range(c):
         logits += w[i] * np.asarray(features[:, i], dtype=np.float32)

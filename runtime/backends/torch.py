@@ -115,6 +115,14 @@ class TorchBackend(Backend):
             self.outputs = tuple(TensorSpec(f"output_{i}", "float32", (None, *r.shape[1:])) for i, r in enumerate(result))
         return result
 
+    def forward(self, x: Any) -> tuple[Any, ...]:
+        """The module on a tensor already on the backend's device, outputs left there (no host copies, no sync):
+        what a benchmark times to separate the compute from `predict`'s transfers."""
+        if not self._active:
+            raise RuntimeError("backend torch is not active: activate() it before forward()")
+        with self._torch.inference_mode():
+            return self._replay(x) if self.cuda_graphs else self._run(x)
+
     def _replay(self, x: Any) -> tuple[Any, ...]:
         """One CUDA graph per batch size: warm up on a side stream, capture with a static input, replay."""
         torch = self._torch

@@ -8,7 +8,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from edgeseg.bench.flops import count_onnx_flops, node_flops
+from edgeseg.bench.flops import count_module_flops, count_onnx_flops, node_flops
 
 
 def _tiny_graph(path):
@@ -77,23 +77,6 @@ def test_node_rules_on_shapes():
     assert node_flops("Relu", [(1, 2)], [(1, 2)]) == 0
 
 
-def torch_flops(module, input_shape: tuple[int, ...]) -> int:
-    """FLOPs of `module` on an input of `input_shape`, counted by torch on the meta device (nothing computed).
-
-    The cross-check of `count_onnx_flops` (the product counts from the graph, torch-free); the module
-    is copied to the meta device.
-    """
-    import copy
-
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    meta = copy.deepcopy(module).to("meta")
-    with torch.inference_mode(False), torch.no_grad(), FlopCounterMode(display=False) as counter:
-        meta(torch.empty(*input_shape, device="meta"))
-    return int(counter.get_total_flops())
-
-
 def test_trunk_graph_count_equals_torch_count(trunk5, checkpoint5):
     """The exported tiny trunk counted from the ONNX graph = torch's FlopCounterMode on the module (meta device)."""
     import torch
@@ -106,6 +89,6 @@ def test_trunk_graph_count_equals_torch_count(trunk5, checkpoint5):
     model, spec, _ = load_checkpoint(checkpoint5)
     trunk, _ = split(model, "decoder1")
     assert fc.unknown == []
-    assert fc.total == torch_flops(trunk, (1, 1, *spec.preprocess.window))
+    assert fc.total == count_module_flops(trunk, (1, 1, *spec.preprocess.window))
     assert fc.by_op["Conv"] > fc.by_op["MatMul"] > fc.by_op["ConvTranspose"] > 0
     assert count_onnx_flops(trunk5 / "trunk.fp32.onnx", batch=2).total == 2 * fc.total
