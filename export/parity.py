@@ -47,8 +47,8 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # a random 1x1x1 head on random features puts most logits near 0, so its masks flip under any error of
     # int8's size (measured 5-10% on a feature-size-12 random trunk whose rel L2 was 0.13-0.19): flips say
     # nothing about int8 there and are recorded, not judged; the features are still held to a rel L2 bound.
-    ("int8-untrained", "random"): Tolerance(rel_l2=0.35, mask_flip=1.0),
-    ("int8-untrained", "ct"): Tolerance(rel_l2=0.35, mask_flip=1.0),
+    ("int8-untrained", "random"): Tolerance(rel_l2=0.4, mask_flip=1.0),
+    ("int8-untrained", "ct"): Tolerance(rel_l2=0.4, mask_flip=1.0),
 }
 
 
