@@ -3,7 +3,7 @@
 * ``<stem>.int8.onnx``: an ONNX QDQ graph from ONNX Runtime's static quantizer (`quantize_static`,
   QDQ format). Weights int8 per output channel, symmetric; activations int8 per tensor, symmetric
   (zero point 0): what TensorRT's explicit quantization takes (int8 Q/DQ with a zero zero-point), what
-  ONNX Runtime CPU runs with its int8 kernels and what OpenVINO reads as well. Only the compute ops
+  ONNX Runtime CPU runs with its int8 kernels and what OpenVINO reads as well; biases stay float. The compute ops
   (Conv, ConvTranspose, MatMul, Gemm) are quantized; LayerNorm, Softmax, GELU and the residual adds
   stay fp32 between them.
 * ``<stem>.int8.xml/.bin``: an OpenVINO IR from NNCF (`nncf.quantize` on the fp32 graph read by
@@ -45,7 +45,10 @@ QDQ_SETTINGS: dict[str, Any] = {
     "per_channel": True,
     "calibrate_method": "MinMax",
     "op_types_to_quantize": ["Conv", "ConvTranspose", "MatMul", "Gemm"],
-    "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True},
+    # QuantizeBias False: biases stay float. TensorRT's parser refuses a DequantizeLinear of int32 (ONNX Runtime's
+    # default bias form: "only activation types allowed as input to this layer", onnx/onnx-tensorrt#850); ONNX
+    # Runtime's CPU graph fuses the same nodes either way (10 QLinearConv, 25 QLinearMatMul on the shipped model).
+    "extra_options": {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False},
 }
 # NNCF's settings, chosen on the shipped model (feature size 12, its trained head; 12 calibration windows):
 # mask flips against PyTorch fp32 over the 3 parity windows and 6 more body windows (worst / mean), rel L2 worst:
