@@ -17,6 +17,10 @@
 #              and on ONNX Runtime fp32 (the engine baseline) -> bench_scan_fs48_ort-fp32.*
 #   adapt      edgeseg bench adapt (K = 1, 5, 10)  -> adapt_memory.{json,md,png}
 #   predict    benchmarks/predict_scan.py          -> predict_scan.json
+#   int8       (not in the default list) the same seeded fs48 trunk exported with int8 too (its own folder), then
+#              edgeseg bench trunk with torch eager, OpenVINO bf16 and the int8 rows in one run ->
+#              bench_trunk_fs48_decoder1_int8.*; the int8 engine's scans on OpenVINO int8 and, in the same
+#              session, bf16 (the abdomen and the real CT) -> bench_scan_fs48_int8.*, bench_scan_fs48_int8-vs-bf16.*
 # Environment: PYTHON (.venv/bin/python), THREADS (all cores), WORK (/tmp/edgeseg-bench-cpu: the seeded
 # random-weight fs48 checkpoint, trunks and engine are made there once and reused), RUNS (5), WARMUP (1),
 # BATCH (1: on 2 cores a batch of windows adds no parallelism; 1,4 on bigger machines).
@@ -82,6 +86,20 @@ if want adapt; then
   log adapt
   "$py" -m edgeseg bench adapt --feature-size 48 --crop 96 --steps 3 --ks 1,5,10 --threads "$threads" \
     --workdir "$work/adapt" --out "$res"
+fi
+if want int8; then
+  log int8  # needs edgeseg[int8]; the fs48 int8 trunk and engine get their own folders (artifacts are reused by name)
+  "$py" -m edgeseg.bench.artifacts trunk --feature-size 48 --window 96 --cut decoder1 --precision fp32,int8 \
+    --threads "$threads" --out "$work/trunk-fs48-decoder1-int8"
+  "$py" -m edgeseg bench trunk "$work/trunk-fs48-decoder1-int8" --backends torch-cpu-fp32,openvino-bf16,ort-cpu-int8,openvino-int8 \
+    --batch "$batch" --warmup "$warmup" --runs "$runs" --threads "$threads" --out "$res" --name bench_trunk_fs48_decoder1_int8
+  "$py" -m edgeseg.bench.artifacts engine --trunk "$work/trunk-fs48-decoder1-int8" --out "$work/engine-fs48-int8" \
+    --precision fp32,int8 --threads "$threads"
+  abdomen=(--phantom-spacing 0.78,0.78,1.5)
+  "$py" -m edgeseg bench scan "$work/engine-fs48-int8" --backend openvino --precision int8 --threads "$threads" \
+    --workdir "$work/scan" "${abdomen[@]}" --out "$res" --name bench_scan_fs48_int8
+  "$py" -m edgeseg bench scan "$work/engine-fs48-int8" --backend openvino --precision bf16 --threads "$threads" \
+    --workdir "$work/scan" "${abdomen[@]}" --out "$res" --name bench_scan_fs48_int8-vs-bf16
 fi
 if want predict; then
   log predict; "$py" benchmarks/predict_scan.py --backend openvino --threads "$threads" --workdir "$work/predict"

@@ -11,6 +11,9 @@ fp32 (trunk rebuilt from the checkpoint the trunk manifest names, checked by sha
 adapters loaded from their safetensors + sigmoid) on the trunk's parity inputs; masks are prob > 0.5.
 A miss keeps the graph under a `.rejected` name with its report and fails. `manifest.json` (kind
 "engine") is written last.
+
+int8: the fused fp32 graph is quantized as a whole (trunk and adapters) by the writer `edgeseg export`
+uses (export/int8.py: QDQ graph + NNCF's OpenVINO IR, each parity-checked against the same reference).
 """
 
 from __future__ import annotations
@@ -21,13 +24,14 @@ from pathlib import Path
 
 import numpy as np
 from edgeseg.export.parity import ParityReport
+from edgeseg.runtime.atomic import unlink_own
 from edgeseg.runtime.errors import InputError
 from edgeseg.runtime.lock import locks_output
 from edgeseg.runtime.artifacts.adapter import AdapterManifest
 from edgeseg.runtime.artifacts.engine import AdapterRef, EngineManifest, TrunkRef
 from edgeseg.runtime.artifacts.graphs import GraphIO
 from edgeseg.runtime.artifacts.trunk import TrunkManifest
-from edgeseg.runtime.support import GRAPH_PRECISIONS, check_graph_precisions
+from edgeseg.runtime.support import DEFAULT_GRAPH_PRECISIONS, check_graph_precisions
 
 __all__ = ["fuse", "fuse_graphs", "torch_engine"]
 
@@ -266,24 +270,28 @@ def _check(path: Path, precision: str, inputs, reference, *, threads: int | None
 
 @locks_output("edgeseg fuse")  # one run per --out: a second one is refused
 def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | Path, *,
-         precisions: Sequence[str] = GRAPH_PRECISIONS, tensorrt: bool = False, force: bool = False,
-         threads: int | None = None, log: Log = print) -> dict:
+         precisions: Sequence[str] = DEFAULT_GRAPH_PRECISIONS, tensorrt: bool = False, force: bool = False,
+         threads: int | None = None, calibration: Sequence[str | Path] | None = None,
+         calibration_windows: int | None = None, log: Log = print) -> dict:
     """Fuse the trunk in `trunk_dir` with the adapters in `adapter_dirs` into folder `out`; returns its manifest.
 
     One fused graph per precision in `precisions` that the trunk folder holds (a precision it lacks is
-    skipped with a log line; none at all is refused). `tensorrt=True` also builds a TensorRT engine
-    from the fused fp16 graph (TensorRT and a GPU needed; refused before any work otherwise).
+    skipped with a log line; none at all is refused; int8 is quantized from the fused fp32 graph, so it
+    needs the trunk's fp32 graph, and takes `calibration` / `calibration_windows` as `export_trunk` does).
+    `tensorrt=True` also builds a TensorRT engine from the fused fp16 graph (TensorRT and a GPU needed;
+    refused before any work otherwise).
     """
     import onnx
     import onnx_ir as ir
     from edgeseg.export.onnx import save_ir_model
-    from edgeseg.export.trunk import parity_inputs
+    from edgeseg.export.trunk import parity_inputs, prepare_int8
 
     from edgeseg.model.spec import ModelSpec
 
     trunk_dir, out = Path(trunk_dir), Path(out)
     adapter_dirs = [Path(a) for a in adapter_dirs]
     precisions = check_graph_precisions(precisions)
+    int8 = prepare_int8(precisions, calibration, calibration_windows)
     if tensorrt:
         from edgeseg.runtime.availability import require
 
@@ -293,10 +301,11 @@ def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | P
     EngineManifest.claim(out, force=force, dry_run=True)  # only an edgeseg engine is replaced
     trunk, adapters = _read_inputs(trunk_dir, adapter_dirs)
     EngineManifest.claim(out, force=force)
-    present = [p for p in precisions if p in trunk.graphs]
+    present = [p for p in precisions if p in trunk.graphs or (p == "int8" and "fp32" in trunk.graphs)]
+    present.sort(key=lambda p: p == "int8")  # last: it is quantized from the fused fp32 graph
     for p in precisions:
         if p not in present:
-            log(f"the trunk has no {p} graph: no fused {p} graph")
+            log(f"the trunk has no {'fp32 graph to quantize' if p == 'int8' else p + ' graph'}: no fused {p} graph")
     if not present:
         raise InputError(f"the trunk holds none of the precisions asked for ({', '.join(precisions)})", path=trunk_dir,
                          fix="ask for a precision the trunk has, or re-export it with --precision fp32,fp16")
@@ -309,6 +318,7 @@ def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | P
 
     t0 = time.perf_counter()
     model_spec = ModelSpec.from_dict(dict(trunk.model_spec))
+    cal = int8(model_spec, timings, log) if int8 and "int8" in present else None
     inputs = parity_inputs(model_spec)
     reference = _torch_reference(trunk_dir, trunk, adapters, inputs)
     timings["parity_reference"] = time.perf_counter() - t0
@@ -316,7 +326,23 @@ def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | P
     adapter_models = [(a["organ"], onnx.load(str(a["folder"] / AdapterManifest.GRAPH))) for a in adapters]
     graphs: dict[str, dict] = {}
     files: list[Path] = []
+    scratch: list[Path] = []
     for precision in present:
+        if precision == "int8":
+            from edgeseg.export.int8 import write_int8
+
+            fp32_path = out / EngineManifest.graph_name("fp32")
+            if "fp32" not in graphs:  # the fused fp32 graph is only the quantizer's source: made, then removed
+                src = trunk_dir / trunk.graphs["fp32"]["file"]
+                data = save_ir_model(ir.serde.deserialize_model(fuse_graphs(onnx.load(str(src)), adapter_models)),
+                                     fp32_path, force=force)
+                scratch += [fp32_path] + ([data] if data else [])
+            trained = all(a["manifest"].extra.get("steps") for a in adapters)  # `edgeseg adapt` records its steps
+            graphs["int8"], these = write_int8(fp32_path, out, "fused", cal, inputs, reference, _masks, threads=threads,
+                                               trained=trained, force=force, log=log, timings=timings)
+            graphs["int8"]["trunk_graph"] = trunk.graphs["fp32"]["file"]
+            files += these
+            continue
         t0 = time.perf_counter()
         src = trunk_dir / trunk.graphs[precision]["file"]
         fused = fuse_graphs(onnx.load(str(src)), adapter_models)
@@ -336,6 +362,8 @@ def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | P
                              "trunk_graph": src.name, "parity": report.to_dict()}
         files += these
 
+    for f in scratch:
+        unlink_own(f)
     engines = {}
     if tensorrt:
         engines = _build_tensorrt(out, trunk_dir, trunk, inputs, reference, log, force, timings)

@@ -37,6 +37,18 @@ TOLERANCES: dict[tuple[str, str], Tolerance] = {
     # TF32 by default (fp16's 10 mantissa bits, fp32's range), so fp32 is held to half the fp16 bound. For
     # the GPU tests of fp32 graphs; not measured yet (no GPU has been lent where this was written).
     ("tf32", "random"): Tolerance(rel_l2=5e-3, mask_flip=5e-3),
+    # int8 (post-training quantization, export/int8.py): the issue's bound of 0.5% mask flips. Measured on the
+    # shipped model (trained head) over its parity windows and 6 more: QDQ graph on ONNX Runtime rel L2 <= 0.093,
+    # flips <= 0.12%; NNCF IR on OpenVINO rel L2 <= 0.086, flips <= 0.07%. rel L2 0.2 leaves room for other
+    # checkpoints; the flips are what decide.
+    ("int8", "random"): Tolerance(rel_l2=0.2, mask_flip=5e-3),
+    ("int8", "ct"): Tolerance(rel_l2=0.2, mask_flip=5e-3),
+    # int8 of a model with no trained head (the seeded random-weight benchmark trunks, untrained adapters):
+    # a random 1x1x1 head on random features puts most logits near 0, so its masks flip under any error of
+    # int8's size (measured 5-10% on a feature-size-12 random trunk whose rel L2 was 0.13-0.19): flips say
+    # nothing about int8 there and are recorded, not judged; the features are still held to a rel L2 bound.
+    ("int8-untrained", "random"): Tolerance(rel_l2=0.4, mask_flip=1.0),
+    ("int8-untrained", "ct"): Tolerance(rel_l2=0.4, mask_flip=1.0),
 }
 
 
@@ -104,8 +116,11 @@ def compare(
     artifact: str,
     backend: str,
     precision: str,
+    tolerance: str | None = None,
 ) -> ParityReport:
-    """Compare outputs input by input; `masks(outputs)` turns trunk outputs into a boolean mask array."""
+    """Compare outputs input by input; `masks(outputs)` turns trunk outputs into a boolean mask array.
+
+    `tolerance`: the TOLERANCES row to hold it to, when not the precision's own ("int8-untrained")."""
     report = ParityReport(artifact=artifact, backend=backend, precision=precision)
     for name, ref_outs in reference.items():
         outs = got[name]
@@ -115,7 +130,7 @@ def compare(
         err = max(rel_l2(r, o) for r, o in zip(ref_outs, outs))
         max_abs = max(float(np.max(np.abs(r.astype(np.float64) - o))) for r, o in zip(ref_outs, outs))
         flips = float(np.mean(masks(ref_outs) != masks(outs)))
-        tol = tolerance_for(precision, name)
+        tol = tolerance_for(tolerance or precision, name)
         ok = bool(np.isfinite(err) and err <= tol.rel_l2 and flips <= tol.mask_flip)
         report.cases.append(ParityCase(name, max_abs, err, flips, tol, ok))
     return report

@@ -1,4 +1,5 @@
-"""`edgeseg export`: checkpoint -> trunk graphs (ONNX fp32, mixed fp16, optional TensorRT plan) + manifest.
+"""`edgeseg export`: checkpoint -> trunk graphs (ONNX fp32, mixed fp16, int8 QDQ + OpenVINO IR, optional
+TensorRT plan) + manifest.
 
 Parity is part of export: each graph is run against PyTorch fp32 on a random window, a window of
 the real CT shipped with edgeseg and a phantom window; a miss keeps the graph under a `.rejected`
@@ -22,7 +23,7 @@ from edgeseg.runtime.lock import locks_output
 from edgeseg.runtime.artifacts.graphs import GraphIO
 from edgeseg.runtime.artifacts.trunk import CheckpointRef, TrunkManifest
 from edgeseg.runtime.manifest import sha256_file
-from edgeseg.runtime.support import GRAPH_PRECISIONS, check_graph_precisions
+from edgeseg.runtime.support import DEFAULT_GRAPH_PRECISIONS, check_graph_precisions
 
 Log = Callable[[str], None]
 
@@ -98,15 +99,17 @@ def _reject(out: Path, files: Sequence[Path], report: ParityReport) -> None:
 
 def check_graph(path: Path, precision: str, inputs, reference, masks, *, threads: int | None,
                 files: Sequence[Path], fix: str = "the graph is kept under a .rejected name with its report; check "
-                                                   "the checkpoint and the exporter versions, or report the numbers"
-                ) -> ParityReport:
-    """Run graph `path` in ONNX Runtime CPU on the parity inputs; reject it (and raise) on a miss."""
+                                                   "the checkpoint and the exporter versions, or report the numbers",
+                backend: str = "ort", tolerance: str | None = None) -> ParityReport:
+    """Run graph `path` on the CPU (ONNX Runtime, or OpenVINO for an IR) on the parity inputs; reject it (and
+    raise) on a miss."""
     from edgeseg.runtime.backends import open_backend
 
-    backend = open_backend("ort", path, precision=precision, device="cpu", threads=threads)
-    with backend:
-        got = {name: backend.predict(x) for name, x in inputs.items()}
-    report = compare(reference, got, masks, artifact=path.name, backend="ort-cpu", precision=precision)
+    runner = open_backend(backend, path, precision=precision, device="cpu", threads=threads)
+    with runner:
+        got = {name: runner.predict(x) for name, x in inputs.items()}
+    report = compare(reference, got, masks, artifact=path.name, backend="ort-cpu" if backend == "ort" else backend,
+                     precision=precision, tolerance=tolerance)
     if not report.passed:
         _reject(path.parent, files, report)
         report.raise_if_failed(fix=fix)
@@ -119,16 +122,25 @@ def export_trunk(
     out: str | Path,
     *,
     cut: str = "decoder1",
-    precisions: Sequence[str] = GRAPH_PRECISIONS,
+    precisions: Sequence[str] = DEFAULT_GRAPH_PRECISIONS,
     max_batch: int = 4,
     tensorrt: bool = False,
     spec=None,
     allow_partial: bool = False,
     threads: int | None = None,
     force: bool = False,
+    calibration: Sequence[str | Path] | None = None,
+    calibration_windows: int | None = None,
+    trained_head: bool | None = None,
     log: Log = lambda msg: None,
 ) -> dict:
-    """Export the trunk of `checkpoint` into folder `out`; returns the manifest written there."""
+    """Export the trunk of `checkpoint` into folder `out`; returns the manifest written there.
+
+    int8 in `precisions` also quantizes the fp32 graph (export/int8.py) on `calibration_windows` windows of
+    the NIfTI CTs in `calibration` (default: the shipped CT and a phantom of each scanner domain).
+    `trained_head` False declares the checkpoint's head untrained (seeded random benchmark weights): int8
+    mask flips are then recorded, not judged (parity.py); None: trained when the checkpoint has a head.
+    """
     import torch
 
     from edgeseg.export.fp16 import to_mixed_fp16
@@ -139,6 +151,7 @@ def export_trunk(
     precisions = check_graph_precisions(precisions)
     if tensorrt and "fp16" not in precisions:
         raise InputError("--tensorrt builds from the mixed fp16 graph", fix="add fp16 to --precision")
+    int8 = prepare_int8(precisions, calibration, calibration_windows)
     out = Path(out)
     TrunkManifest.claim(out, force=force, dry_run=True)  # only an edgeseg trunk is replaced
     out.mkdir(parents=True, exist_ok=True)
@@ -146,6 +159,7 @@ def export_trunk(
 
     t0 = time.perf_counter()
     model, model_spec, load_report = load_checkpoint(checkpoint, spec, allow_partial=allow_partial)
+    cal = int8(model_spec, timings, log) if int8 else None  # a calibration file that is not a CT stops here
     TrunkManifest.claim(out, force=force)  # the checkpoint is good: the old trunk goes
     ckpt_sha = sha256_file(checkpoint)
     timings["load_checkpoint"] = time.perf_counter() - t0
@@ -172,6 +186,14 @@ def export_trunk(
     timings["export_fp32"] = result.seconds
     fp32_files = [result.path] + ([result.data_path] if result.data_path else [])
     for precision in precisions:
+        if precision == "int8":
+            from edgeseg.export.int8 import write_int8
+
+            trained = load_report.head_loaded if trained_head is None else trained_head
+            graphs["int8"], these = write_int8(fp32_path, out, "trunk", cal, inputs, reference, masks, threads=threads,
+                                               trained=trained, force=force, log=log, timings=timings)
+            files += these
+            continue
         if precision == "fp32":
             path, these, meta = result.path, fp32_files, result.to_dict()
         else:
@@ -189,7 +211,7 @@ def export_trunk(
             log(line)
         graphs[precision] = {"file": path.name, "export": _relative(meta, out), "parity": report.to_dict()}
         files += these
-    if "fp32" not in precisions:  # the fp32 graph was only the source of the fp16 one
+    if "fp32" not in precisions:  # the fp32 graph was only the source of the fp16 / int8 ones
         for f in fp32_files:
             unlink_own(f)
 
@@ -212,6 +234,30 @@ def export_trunk(
         extra={"parity_inputs": sorted(inputs), "timings_seconds": {k: round(v, 3) for k, v in timings.items()}},
     )
     return dict(manifest.write(out, [f.relative_to(out) for f in files]).record)
+
+
+def prepare_int8(precisions: Sequence[str], calibration, windows: int | None):
+    """When int8 is asked for: check NNCF and the calibration files now (before any slow work) and return
+    `make(model_spec, timings, log) -> Calibration`; else None (and calibration options are refused)."""
+    if "int8" not in precisions:
+        if calibration or windows is not None:
+            raise InputError("--calibration / --calibration-windows only apply to int8 graphs", fix="add int8 to --precision")
+        return None
+    from edgeseg.export.int8 import DEFAULT_WINDOWS, calibration_windows, check_calibration_files, require_nncf
+
+    require_nncf()
+    check_calibration_files(calibration)
+
+    def make(model_spec, timings: dict, log: Log):
+        t0 = time.perf_counter()
+        n = DEFAULT_WINDOWS if windows is None else windows
+        what = ", ".join(map(str, calibration)) if calibration else "the shipped CT and phantoms of both scanner domains"
+        log(f"int8 calibration: {n} windows of {what} ...")
+        cal = calibration_windows(model_spec, calibration, count=n)
+        timings["calibration_windows"] = time.perf_counter() - t0
+        return cal
+
+    return make
 
 
 def _relative(meta: dict, out: Path) -> dict:

@@ -62,7 +62,10 @@ def _external_locations(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def _precision(graph: onnx.GraphProto) -> str:
-    """"fp16" if any initializer, Cast target or typed value is float16 (a mixed graph), "bf16" likewise, else "fp32"."""
+    """"int8" for a quantized (QDQ) graph, "fp16" if any initializer, Cast target or typed value is float16 (a
+    mixed graph), "bf16" likewise, else "fp32"."""
+    if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in graph.node):
+        return "int8"
     types: set[int] = {init.data_type for init in graph.initializer}
     for node in graph.node:
         if node.op_type == "Cast":
@@ -76,8 +79,8 @@ def inspect_graph(path: str | Path, *, check: bool = False) -> dict:
     """Describe the ONNX graph at `path` without running it; a graph that cannot be run is an `InputError`.
 
     Returns inputs/outputs (name, dtype, shape with "N" for dynamic dimensions; initializers listed as
-    inputs by old exporters are left out), precision ("fp32", "fp16" for a mixed graph, "bf16"), opset,
-    ir_version, producer, node count, op histogram, whether weights are external (and the files),
+    inputs by old exporters are left out), precision ("fp32", "fp16" for a mixed graph, "bf16", "int8" for a
+    QDQ graph), opset, ir_version, producer, node count, op histogram, whether weights are external (and the files),
     bytes (graph plus data files), edgeseg's export spec and the metadata. `check`: also run
     `onnx.checker` on the file.
     """

@@ -1,8 +1,8 @@
 """Seeded random-weight artifacts to benchmark with (the timing does not depend on the weights).
 
     python -m edgeseg.bench.artifacts trunk --out DIR [--feature-size 48] [--window 96] [--cut decoder1]
-                                            [--precision fp32,fp16] [--batch 4] [--tensorrt]
-    python -m edgeseg.bench.artifacts engine --trunk DIR --out DIR [--tensorrt]
+                                            [--precision fp32,fp16[,int8]] [--batch 4] [--tensorrt]
+    python -m edgeseg.bench.artifacts engine --trunk DIR --out DIR [--precision fp32,fp16[,int8]] [--tensorrt]
     python -m edgeseg.bench.artifacts shipped-engine --out DIR [--organs liver,kidney_left]
 
 `trunk`: a SwinUNETR with torch.manual_seed(0) weights, saved as DIR.safetensors beside DIR (the
@@ -42,11 +42,12 @@ def random_trunk(out: Path, *, feature_size: int = 48, window: int = 96, cut: st
     out.parent.mkdir(parents=True, exist_ok=True)
     save_checkpoint(build_swinunetr(spec), spec, ckpt, force=True)
     export_trunk(ckpt, out, cut=cut, precisions=precisions, max_batch=max_batch, tensorrt=tensorrt, threads=threads,
-                 force=True, log=log)
+                 force=True, trained_head=False, log=log)  # random weights: int8 flips through its head mean nothing
     return out
 
 
-def random_engine(trunk: Path, out: Path, *, tensorrt: bool = False, threads: int | None = None, log=print) -> Path:
+def random_engine(trunk: Path, out: Path, *, tensorrt: bool = False, threads: int | None = None,
+                  precisions: tuple[str, ...] = ("fp32", "fp16"), log=print) -> Path:
     if (out / "manifest.json").exists():
         log(f"{out}: exists, reused")
         return out
@@ -70,7 +71,7 @@ def random_engine(trunk: Path, out: Path, *, tensorrt: bool = False, threads: in
                                extra={"init": {"block": "random", "head": "random"}, "trainable_params": fs + 1,
                                       "note": "untrained: for timing only"})
         save_adapter(build_adapter("lp", feature_size=fs), adapter_dir, body, force=True)
-    fuse(trunk, [adapter_dir], out, tensorrt=tensorrt, threads=threads, force=True, log=log)
+    fuse(trunk, [adapter_dir], out, precisions=precisions, tensorrt=tensorrt, threads=threads, force=True, log=log)
     return out
 
 
@@ -133,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("engine")
     e.add_argument("--trunk", type=Path, required=True)
     e.add_argument("--out", type=Path, required=True)
+    e.add_argument("--precision", default="fp32,fp16")
     e.add_argument("--tensorrt", action="store_true")
     e.add_argument("--threads", type=int, default=None)
     s = sub.add_parser("shipped-engine")
@@ -148,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                      precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()), max_batch=args.batch,
                      tensorrt=args.tensorrt, threads=args.threads)
     else:
-        random_engine(args.trunk, args.out, tensorrt=args.tensorrt, threads=args.threads)
+        random_engine(args.trunk, args.out, tensorrt=args.tensorrt, threads=args.threads,
+                      precisions=tuple(p.strip() for p in args.precision.split(",") if p.strip()))
     return 0
 
 

@@ -31,7 +31,7 @@ class BenchConfig:
     device: str  # "cpu", "cuda", or "tensorrt" (ONNX Runtime's TensorRT execution provider)
     precision: str  # asked for: fp32, fp16, bf16
     probe: str  # the availability probe that says whether it can run here
-    graph: str | None = None  # the folder's graph it needs ("fp32", "fp16"), "plan" for TensorRT, None for torch
+    graph: str | None = None  # the folder's graph it needs ("fp32", "fp16", "int8"), "plan" for TensorRT, None for torch
     options: dict = field(default_factory=dict)  # backend options (torch: compile, cuda_graphs)
     label: str = ""  # human-readable
 
@@ -51,6 +51,9 @@ CONFIGS: tuple[BenchConfig, ...] = (
                 "ONNX Runtime CPU, mixed fp16 graph (computed in fp32 on x86)"),
     BenchConfig("openvino-fp32", "openvino", "cpu", "fp32", "openvino", "fp32", {}, "OpenVINO CPU, f32"),
     BenchConfig("openvino-bf16", "openvino", "cpu", "bf16", "openvino", "fp32", {}, "OpenVINO CPU, bf16 hint"),
+    # int8: the folder's quantized graphs (edgeseg export --precision int8); skipped with the reason when absent
+    BenchConfig("ort-cpu-int8", "ort", "cpu", "int8", "ort-cpu", "int8", {}, "ONNX Runtime CPU, QDQ int8 graph"),
+    BenchConfig("openvino-int8", "openvino", "cpu", "int8", "openvino", "int8", {}, "OpenVINO CPU, NNCF int8 IR"),
     BenchConfig("torch-cuda-fp32", "torch", "cuda", "fp32", "torch-cuda", None, {}, "PyTorch CUDA eager, fp32"),
     BenchConfig("torch-cuda-fp16", "torch", "cuda", "fp16", "torch-cuda", None, {}, "PyTorch CUDA eager, fp16 autocast"),
     BenchConfig("torch-cuda-bf16", "torch", "cuda", "bf16", "torch-cuda", None, {}, "PyTorch CUDA eager, bf16 autocast"),
@@ -62,6 +65,8 @@ CONFIGS: tuple[BenchConfig, ...] = (
     BenchConfig("ort-cuda-fp16", "ort", "cuda", "fp16", "ort-cuda", "fp16", {}, "ONNX Runtime CUDA EP, mixed fp16 graph"),
     BenchConfig("ort-tensorrt-fp16", "ort", "tensorrt", "fp16", "ort-tensorrt", "fp16", {},
                 "ONNX Runtime TensorRT EP, mixed fp16 graph"),
+    BenchConfig("ort-tensorrt-int8", "ort", "tensorrt", "int8", "ort-tensorrt", "int8", {},
+                "ONNX Runtime TensorRT EP, QDQ int8 graph (explicit quantization)"),
     BenchConfig("tensorrt-fp16", "tensorrt", "cuda", "fp16", "tensorrt", "plan", {}, "TensorRT engine (strongly typed fp16)"),
 )
 BY_NAME = {c.name: c for c in CONFIGS}
@@ -118,7 +123,8 @@ def artifact_reason(kind: str, config: BenchConfig, manifest: GraphFolderManifes
         return None
     if config.graph and config.graph not in graphs:
         have = ", ".join(sorted(graphs)) or "none"
-        return f"the folder has no {config.graph} graph (it holds: {have}; export with --precision fp32,fp16)"
+        return f"the folder has no {config.graph} graph (it holds: {have}; export with --precision fp32,fp16" + \
+            (",int8)" if config.graph == "int8" else ")")
     return None
 
 

@@ -19,9 +19,10 @@ from typing import Any
 
 # the precision a configuration's matrix products run in (ONNX Runtime's x86 CPU provider computes its
 # fp16 graph in fp32; OpenVINO's bf16 hint and torch's bf16 autocast use bf16 products)
-COMPUTE_PRECISION = {"cpu": {"fp32": "fp32", "fp16": "fp32", "bf16": "bf16"},
-                     "cuda": {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"},
-                     "tensorrt": {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16"}}
+# int8: no int8 peak is measured, so an int8 row's floor is its memory floor only (never the fp32 peak's)
+COMPUTE_PRECISION = {"cpu": {"fp32": "fp32", "fp16": "fp32", "bf16": "bf16", "int8": "int8"},
+                     "cuda": {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"},
+                     "tensorrt": {"fp32": "fp32", "fp16": "fp16", "bf16": "bf16", "int8": "int8"}}
 
 
 def _best_rate(fn, work: float, *, seconds: float, sync=lambda: None) -> float:

@@ -95,7 +95,7 @@ def bench_scan(
     backend: BackendChoice = typer.Option(BackendChoice.AUTO, "--backend", case_sensitive=False,
                                           help="auto, or ort, openvino or tensorrt (a fused engine has no torch form)."),
     precision: Optional[Precision] = typer.Option(None, "--precision", case_sensitive=False,
-                                                  help="fp32, fp16 or bf16 (default: the backend's)."),
+                                                  help="fp32, fp16, bf16 or int8 (default: the backend's)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
     overlap: float = typer.Option(0.25, "--overlap", min=0.0, max=0.95),
     sw_batch: int = typer.Option(1, "--sw-batch", min=1),

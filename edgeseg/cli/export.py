@@ -18,9 +18,11 @@ class Cut(str, Enum):
 
 def export(
     checkpoint: Path = typer.Argument(..., help="SwinUNETR checkpoint (.pt/.pth/.safetensors), any public layout."),
-    out: Path = typer.Option(..., "--out", help="Folder for trunk.fp32.onnx, trunk.fp16.onnx, [plan] and manifest.json."),
+    out: Path = typer.Option(..., "--out", help="Folder for trunk.fp32.onnx, trunk.fp16.onnx, [trunk.int8.onnx/.xml], [plan] and manifest.json."),
     cut: Cut = typer.Option(Cut.decoder1, "--cut", help="decoder1: 48-ch full-res features (LP, spatial adapter); pre-decoder1: decoder1's inputs (decoder-block adapter, FT-Last)."),
-    precision: str = typer.Option("fp32,fp16", "--precision", help="Graphs to write: fp32, fp16 (mixed: precision in the graph, for strongly typed TensorRT)."),
+    precision: str = typer.Option("fp32,fp16", "--precision", help="Graphs to write: fp32, fp16 (mixed: precision in the graph, for strongly typed TensorRT), int8 (post-training quantized: QDQ ONNX + OpenVINO IR; needs edgeseg[int8])."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="int8: NIfTI CTs to calibrate on, comma-separated (default: the shipped CT and a phantom of each scanner domain)."),
+    calibration_windows: Optional[int] = typer.Option(None, "--calibration-windows", min=1, help="int8: calibration windows, spread over the CTs (default 12)."),
     batch: int = typer.Option(4, "--batch", min=1, help="Largest batch of windows (batch axis dynamic 1..B; the spatial window is fixed)."),
     tensorrt: bool = typer.Option(False, "--tensorrt", help="Also build a TensorRT engine for this GPU (needs edgeseg[trt] and a GPU)."),
     feature_size: Optional[int] = typer.Option(None, "--feature-size", help="Override the feature size read from the checkpoint."),
@@ -51,7 +53,8 @@ def export(
 
             manifest = export_trunk(checkpoint, out, cut=cut.value, precisions=[p.strip() for p in precision.split(",")],
                                     max_batch=batch, tensorrt=tensorrt, spec=spec, allow_partial=allow_partial,
-                                    threads=threads, force=force, log=log)
+                                    threads=threads, force=force, calibration=paths(calibration),
+                                    calibration_windows=calibration_windows, log=log)
 
         def text() -> None:
             sizes = ", ".join(f"{name} {entry['bytes'] / 1e6:.1f} MB" for name, entry in manifest["files"].items())
@@ -59,6 +62,11 @@ def export(
                       f"{', '.join(manifest['graphs'])}{' and TensorRT' if manifest['engines'] else ''}", highlight=False)
 
         show(manifest, as_json, text)
+
+
+def paths(text: Optional[str]) -> list[Path] | None:
+    """--calibration's comma-separated paths (None: the default calibration)."""
+    return [Path(p.strip()) for p in text.split(",") if p.strip()] or None if text else None
 
 
 def checkpoint(

@@ -20,7 +20,7 @@ def predict(
                                           help="auto (prints which ran), or ort, openvino or tensorrt (a fused engine "
                                                "has no torch form)."),
     precision: Optional[Precision] = typer.Option(None, "--precision", case_sensitive=False,
-                                                  help="Graph to run: fp32 (default) or fp16; bf16: OpenVINO on the fp32 graph."),
+                                                  help="Graph to run: fp32 (default) or fp16; bf16: OpenVINO on the fp32 graph; int8: the quantized graphs (edgeseg fuse --precision int8)."),
     overlap: float = typer.Option(0.25, "--overlap", min=0.0, max=0.95, help="Sliding-window overlap."),
     sw_batch: int = typer.Option(1, "--sw-batch", min=1, help="Windows per inference batch."),
     reuse_blank: bool = typer.Option(

@@ -84,10 +84,21 @@ class GraphFolderManifest(ArtifactManifest):
             raise InputError(f"has no {precision} graph; it holds {self.artifacts_present()}", path=folder,
                              fix=(f"re-export with --precision fp32,fp16 ({self.REBUILD} --precision fp32,fp16), "
                                   f"or ask for a precision the folder has" if precision in ("fp32", "fp16")
+                                  else f"build it with {self.REBUILD} --precision int8" if precision == "int8"
                                   else "ask for fp32 or fp16"))
         path = self.member(folder, self.graphs[precision].get("file"))
         check_external_data(folder, self.record, path)
         return path
+
+    def openvino_ir_path(self, folder: Path, precision: str = "int8") -> Path:
+        """The OpenVINO IR (.xml, its .bin checked beside it) recorded under graphs[precision]["openvino"]."""
+        self.graph_path(folder, precision)  # the folder has that precision at all (else the refusal naming it)
+        ir = self.graphs[precision].get("openvino") or {}
+        if not ir.get("file"):
+            raise InputError(f"its {precision} entry holds no OpenVINO IR; it holds {self.artifacts_present()}",
+                             path=folder, fix=f"build it again with this edgeseg: {self.REBUILD} --precision {precision}")
+        self.member(folder, ir.get("weights_file"))  # confined and hashed like the .xml
+        return self.member(folder, ir["file"])
 
     def pick_engine(self, folder: Path, *, required: bool) -> tuple[Path, dict] | None:
         """The TensorRT plan of this machine (by engine key) or, when none can be matched, the first one."""

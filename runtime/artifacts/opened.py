@@ -55,7 +55,7 @@ class OpenedArtifact:
         self.window: tuple[int, int, int] = manifest.window
         self.output_names: tuple[str, ...] = manifest.io.outputs
         self.cut = manifest.cut
-        self.graph_precision = precision  # the graph/engine picked: "fp32" or "fp16"
+        self.graph_precision = precision  # the graph/engine picked: "fp32", "fp16" or "int8"
         self.max_batch = manifest.max_batch
         self.in_channels = manifest.in_channels
         self.backend = backend.activate()
@@ -118,7 +118,8 @@ def open_on_backend(folder: Path, manifest: GraphFolderManifest, key: BackendCho
 
     precision None: the fp32 graph for a named backend (the engine's fp16 for "tensorrt"), any graph
     for "auto" (fp16 on GPU candidates only, as `default_candidates` offers them); "fp32"/"fp16": that
-    graph only (refused, naming what the folder has, when missing); "bf16": OpenVINO on the fp32 graph.
+    graph only (refused, naming what the folder has, when missing); "bf16": OpenVINO on the fp32 graph; "int8": the quantized
+    graphs (QDQ on ONNX Runtime's TensorRT EP or CPU, NNCF's IR on OpenVINO).
     `torch_module` rebuilds the torch module from the folder's checkpoint (a trunk's); without it the
     torch backend is refused.
     """
@@ -127,9 +128,17 @@ def open_on_backend(folder: Path, manifest: GraphFolderManifest, key: BackendCho
     key, precision = check_choices(key, precision)
     if key is BackendChoice.AUTO:
         graphs = manifest.graphs
-        if precision in (Precision.FP32, Precision.FP16):
+        if precision in (Precision.FP32, Precision.FP16, Precision.INT8):
             manifest.graph_path(folder, str(precision))  # refuse a missing graph by name
         fp32 = fp16 = None
+        if precision is Precision.INT8:  # int8 only when asked for: the quantized graphs, fastest first
+            qdq = manifest.graph_path(folder, "int8")
+            cands = [Candidate("ort", qdq, precision="int8", device="tensorrt", options={"cache_dir": cache_dir}),
+                     Candidate("openvino", manifest.openvino_ir_path(folder), precision="int8",
+                               options={"threads": threads, "cache_dir": cache_dir}),
+                     Candidate("ort", qdq, precision="int8", device="cpu", options={"threads": threads})]
+            chosen, reason = choose_backend(cands)
+            return chosen, "int8", reason
         if precision is Precision.BF16:
             cands = [Candidate("openvino", manifest.graph_path(folder, "fp32"), precision="bf16",
                                options={"threads": threads, "cache_dir": cache_dir})]
@@ -171,8 +180,9 @@ def open_on_backend(folder: Path, manifest: GraphFolderManifest, key: BackendCho
         made = open_backend(name, torch_module(), precision=row.precision, device=device, threads=threads)
     else:
         opts = {"threads": threads} | ({"cache_dir": cache_dir} if cache_dir is not None else {})
-        made = open_backend(name, manifest.graph_path(folder, row.runs.graph_precision),
-                            precision=row.precision, device=device, **opts)
+        path = manifest.openvino_ir_path(folder, "int8") if row.runs is Source.INT8_IR \
+            else manifest.graph_path(folder, row.runs.graph_precision)
+        made = open_backend(name, path, precision=row.precision, device=device, **opts)
     made.activate()
     info = made.describe()
     return made, row.runs.graph_precision, f"{name} as asked ({info.precision} on {info.device})"

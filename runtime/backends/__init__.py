@@ -9,13 +9,17 @@ candidate was skipped, so the CLI can print it.
 Preference order (fastest first, as measured for this model; see design.md):
 
 1. ``tensorrt-fp16``      native TensorRT engine built from the mixed fp16 graph
-2. ``ort-tensorrt-fp16``  ONNX Runtime, TensorRT execution provider, mixed fp16 graph
-3. ``ort-cuda``           ONNX Runtime, CUDA execution provider
-4. ``torch-cuda``         PyTorch on the GPU (when torch and a CUDA build are present)
-5. ``openvino-bf16``      OpenVINO CPU in bf16, only when the caller's parity predicate accepts it
-6. ``openvino-fp32``      OpenVINO CPU in f32
-7. ``ort-cpu``            ONNX Runtime CPU
-8. ``torch-cpu``          PyTorch eager on the CPU
+2. ``ort-tensorrt-int8``  ONNX Runtime, TensorRT execution provider, QDQ int8 graph (explicit quantization)
+3. ``ort-tensorrt-fp16``  ONNX Runtime, TensorRT execution provider, mixed fp16 graph
+4. ``ort-cuda``           ONNX Runtime, CUDA execution provider
+5. ``torch-cuda``         PyTorch on the GPU (when torch and a CUDA build are present)
+6. ``openvino-int8``      OpenVINO CPU, NNCF's int8 IR
+7. ``openvino-bf16``      OpenVINO CPU in bf16, only when the caller's parity predicate accepts it
+8. ``openvino-fp32``      OpenVINO CPU in f32
+9. ``ort-cpu``            ONNX Runtime CPU
+10. ``torch-cpu``         PyTorch eager on the CPU
+
+The int8 candidates are offered only when int8 is asked for (a quantized graph is a different model).
 
 Which backend runs on which device in which precision, and why the other combinations are refused,
 is the one table of `edgeseg.runtime.support`; `open_backend` consults it before loading anything.
@@ -38,8 +42,8 @@ __all__ = [
     "choose_backend", "default_candidates", "open_backend",
 ]
 
-PREFERENCE = ("tensorrt-fp16", "ort-tensorrt-fp16", "ort-cuda", "torch-cuda", "openvino-bf16", "openvino-fp32",
-              "ort-cpu", "torch-cpu")
+PREFERENCE = ("tensorrt-fp16", "ort-tensorrt-int8", "ort-tensorrt-fp16", "ort-cuda", "torch-cuda", "openvino-int8",
+              "openvino-bf16", "openvino-fp32", "ort-cpu", "torch-cpu")
 
 
 def _model_path(model: Any, suffixes: tuple[str, ...], backend: str) -> Path:
@@ -61,7 +65,7 @@ def open_backend(name: str | BackendName, model: Any, *, precision: str | None =
 
     `model` is an ONNX path ("ort", "openvino"), a TensorRT `.plan` path ("tensorrt") or a torch
     `nn.Module` ("torch"). `precision` None means the backend's default: what the artifact holds for
-    "ort" and "tensorrt" (fp32 or mixed fp16 graph/engine), fp32 for "openvino" and "torch"; an
+    "ort" and "tensorrt" (fp32, mixed fp16 or int8 QDQ graph/engine), fp32 for "openvino" and "torch"; an
     explicit precision is checked against the artifact and refused when it cannot be honoured.
     Raises InputError for a wrong name/device/precision/path (the support table's reason),
     BackendUnavailable (with the install hint) when the backend's library or device is missing here.
@@ -126,7 +130,7 @@ class Candidate:
     def label(self) -> str:
         device = str(self.device or DEVICES.get(self.backend, ("cpu",))[0]).split(":")[0]
         if self.backend == "ort":
-            return "ort-tensorrt-fp16" if device == "tensorrt" else f"ort-{device}"
+            return f"ort-tensorrt-{self.precision or 'fp16'}" if device == "tensorrt" else f"ort-{device}"
         if self.backend == "openvino":
             return f"openvino-{self.precision or 'fp32'}"
         if self.backend == "tensorrt":

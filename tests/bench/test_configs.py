@@ -101,7 +101,7 @@ def test_reference_is_torch_fp32_else_ort_fp32_even_when_not_selected(tmp_path):
 
 
 def test_select_configs_by_name_and_prefix():
-    assert [c.name for c in select_configs("ort-cpu")] == ["ort-cpu-fp32", "ort-cpu-fp16"]
+    assert [c.name for c in select_configs("ort-cpu")] == ["ort-cpu-fp32", "ort-cpu-fp16", "ort-cpu-int8"]
     assert {c.backend for c in select_configs("ort")} == {"ort"}
     assert [c.name for c in select_configs("openvino-bf16,torch-cpu-fp32")] == ["torch-cpu-fp32", "openvino-bf16"]
     assert select_configs("all") == list(CONFIGS) == select_configs(None)

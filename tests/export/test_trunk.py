@@ -118,7 +118,7 @@ def test_a_parity_miss_fails_and_keeps_the_graph_under_a_rejected_name(exports, 
 
 
 def test_bad_precision_and_tensorrt_without_fp16_are_input_errors(checkpoint, tmp_path):
-    for args, needle in ((["--precision", "int8"], "choose from fp32, fp16"),
+    for args, needle in ((["--precision", "int4"], "choose from fp32, fp16, int8"),
                          (["--precision", "fp32", "--tensorrt"], "fp16")):
         result = runner.invoke(app, ["export", str(checkpoint), "--out", str(tmp_path / "x"), *args, "--json"])
         assert result.exit_code == 2, result.output

@@ -82,9 +82,25 @@ def test_enums_read_as_their_values():
 
 
 def test_graph_precisions_are_what_export_and_fuse_write():
-    assert [p.value for p in GRAPH_PRECISIONS] == ["fp32", "fp16"]
+    assert [p.value for p in GRAPH_PRECISIONS] == ["fp32", "fp16", "int8"]
     assert check_graph_precisions(["fp16", "fp32", "fp16"]) == ("fp16", "fp32")
     for bad in (["bf16"], []):
-        with pytest.raises(InputError, match="--precision .*: choose from fp32, fp16") as e:
+        with pytest.raises(InputError, match="--precision .*: choose from fp32, fp16, int8") as e:
             check_graph_precisions(bad)
-        assert e.value.fix == "e.g. --precision fp32,fp16"
+        assert e.value.fix == "e.g. --precision fp32,fp16 (add int8 for the quantized graphs)"
+
+
+def test_int8_runs_the_quantized_graphs_and_is_refused_elsewhere_with_the_way():
+    from edgeseg.runtime.support import DEFAULT_GRAPH_PRECISIONS, Source, combination
+
+    assert [p.value for p in DEFAULT_GRAPH_PRECISIONS] == ["fp32", "fp16"]  # int8 is asked for, never a default
+    for device in (Device.CPU, Device.CUDA, Device.TENSORRT):
+        assert combination(BackendName.ORT, device, Precision.INT8).runs is Source.INT8_GRAPH
+    assert combination(BackendName.OPENVINO, Device.CPU, Precision.INT8).runs is Source.INT8_IR
+    assert Source.INT8_IR.graph_precision == Source.INT8_GRAPH.graph_precision == "int8"
+    with pytest.raises(InputError, match="explicit quantization") as e:
+        combination(BackendName.TENSORRT, Device.CUDA, Precision.INT8)
+    assert "--backend ort --device tensorrt" in e.value.fix
+    for device in (Device.CPU, Device.CUDA):
+        with pytest.raises(InputError, match="int8 is a quantized graph"):
+            combination(BackendName.TORCH, device, Precision.INT8)
