@@ -3,13 +3,15 @@ against the fused engine on a fast backend, with the mask flips between them.
 
     .venv/bin/python benchmarks/eager_scan.py --engine /tmp/edgeseg-bench-cpu/engine-fs48 \
         --scan /tmp/edgeseg-bench-cpu/scan/phantoms/phantom-0.78x0.78x1.5mm/ct.nii.gz
+    .venv/bin/python benchmarks/eager_scan.py --engine /tmp/edgeseg-bench-cpu/engine-fs48-int8 \
+        --precision bf16,int8 --name eager_scan_int8 --scan ...     # eager, bf16 and int8 in one run
 
 The engine must be a fused trunk + linear probe whose trunk manifest names its checkpoint (the
 `benchmarks/run_cpu.sh` engine is). Both paths read and preprocess with edgeseg's own code (the same
 model grid), then:
 - eager: the trunk rebuilt from the checkpoint + the adapter (torch, fp32, inference mode), sigmoid,
   through `monai.inferers.sliding_window_inference` (overlap 0.25, Gaussian, sw_batch 1);
-- engine: `Engine.probabilities` on the chosen backend and precision (pure-air windows reused).
+- engine: `Engine.probabilities` on the chosen backend and each chosen precision (pure-air windows reused).
 Each (path, scan) runs in its own process, so each peak RSS is its own. Flips: voxels where the
 masks (probability >= 0.5) differ, over the model grid. Writes benchmarks/results/<machine>/eager_scan.json.
 """
@@ -109,7 +111,8 @@ def main() -> int:
     ap.add_argument("--engine", type=Path, default=Path("/tmp/edgeseg-bench-cpu/engine-fs48"))
     ap.add_argument("--scan", type=Path, action="append", default=[], help="repeatable; the real CT always runs")
     ap.add_argument("--backend", default="openvino")
-    ap.add_argument("--precision", default="bf16")
+    ap.add_argument("--precision", default="bf16", help="comma-separated: each is an engine row beside eager")
+    ap.add_argument("--name", default="eager_scan", help="result file name (benchmarks/results/<machine>/NAME.json)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--one", nargs=3, metavar=("MODE", "SCAN", "MASK"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -128,32 +131,47 @@ def main() -> int:
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
+        precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
         for scan in [EXAMPLE_CT, *args.scan]:
-            pair = {}
-            for mode in ("eager", "engine"):
-                mask = Path(tmp) / f"{mode}-{len(rows)}.npy"
+            runs = {}  # "eager", then each precision: each in its own process
+            for mode, precision in [("eager", precisions[0]), *(("engine", p) for p in precisions)]:
+                key = "eager" if mode == "eager" else precision
+                mask = Path(tmp) / f"{key}-{len(rows)}.npy"
                 cmd = [sys.executable, __file__, "--engine", str(args.engine), "--backend", args.backend,
-                       "--precision", args.precision, "--threads", str(args.threads), "--one", mode, str(scan), str(mask)]
+                       "--precision", precision, "--threads", str(args.threads), "--one", mode, str(scan), str(mask)]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
-                pair[mode] = json.loads(out.stdout.strip().splitlines()[-1])
-                pair[mode]["mask"] = mask
-                print(json.dumps({k: v for k, v in pair[mode].items() if k != "mask"}), flush=True)
-            a, b = np.load(pair["eager"].pop("mask")), np.load(pair["engine"].pop("mask"))
-            row = {"scan": pair["eager"]["scan"], "model_grid": pair["eager"]["model_grid"], "eager": pair["eager"],
-                   "engine": pair["engine"], "mask_flips": round(float(np.mean(a != b)), 6),
-                   "foreground_eager": round(float(a.mean()), 4), "foreground_engine": round(float(b.mean()), 4),
-                   "speedup_scan": round(pair["eager"]["scan_s"] / pair["engine"]["scan_s"], 3),
-                   "peak_rss_ratio": round(pair["engine"]["peak_rss_gib"] / pair["eager"]["peak_rss_gib"], 3)}
+                runs[key] = json.loads(out.stdout.strip().splitlines()[-1])
+                runs[key]["mask"] = np.load(mask)
+                print(json.dumps({k: v for k, v in runs[key].items() if k != "mask"}), flush=True)
+            eager = runs["eager"]
+            a = eager.pop("mask")
+            engines = {}
+            for p in precisions:
+                b = runs[p].pop("mask")
+                engines[p] = {**runs[p], "mask_flips": round(float(np.mean(a != b)), 6),
+                              "foreground": round(float(b.mean()), 4),
+                              "speedup_scan": round(eager["scan_s"] / runs[p]["scan_s"], 3),
+                              "peak_rss_ratio": round(runs[p]["peak_rss_gib"] / eager["peak_rss_gib"], 3)}
+                if p != precisions[0]:  # side by side with the first engine row, same run
+                    engines[p]["vs_" + precisions[0]] = round(runs[precisions[0]]["scan_s"] / runs[p]["scan_s"], 3)
+            first = engines[precisions[0]]
+            row = {"scan": eager["scan"], "model_grid": eager["model_grid"], "eager": eager,
+                   "engine": runs[precisions[0]], "mask_flips": first["mask_flips"],
+                   "foreground_eager": round(float(a.mean()), 4), "foreground_engine": first["foreground"],
+                   "speedup_scan": first["speedup_scan"], "peak_rss_ratio": first["peak_rss_ratio"]}
+            if len(precisions) > 1:
+                row["engines"] = engines
             rows.append(row)
-            print(f"{row['scan']}: eager {row['eager']['scan_s']} s, {row['engine']['ran']['backend']} "
-                  f"{row['engine']['ran']['precision']} {row['engine']['scan_s']} s ({row['speedup_scan']}x), "
-                  f"flips {100 * row['mask_flips']:.3f}%, peak RSS {row['eager']['peak_rss_gib']} vs "
-                  f"{row['engine']['peak_rss_gib']} GiB", flush=True)
+            print(f"{row['scan']}: eager {eager['scan_s']} s, " + ", ".join(
+                f"{e['ran']['backend']} {e['ran']['precision']} {e['scan_s']} s ({e['speedup_scan']}x, flips "
+                f"{100 * e['mask_flips']:.3f}%, peak RSS {e['peak_rss_gib']} GiB)" for e in engines.values())
+                + f"; eager peak RSS {eager['peak_rss_gib']} GiB", flush=True)
     result = {"benchmark": "eager_scan", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": machine_tag(), "host": describe(), "libraries": library_versions(), "threads": args.threads,
-              "engine": str(args.engine), "weights": "random, torch.manual_seed(0); untrained LP head (timing only)",
+              "engine": Path(args.engine).name, "weights": "random, torch.manual_seed(0); untrained LP head (timing only: "
+                                                        "the flips of a random head are not the trained model's)",
               "scan_s": "read + preprocess + sliding window (load excluded)", "rows": rows}
-    print(f"wrote {write_result('eager_scan', result)}")
+    print(f"wrote {write_result(args.name, result)}")
     return 0
 
 

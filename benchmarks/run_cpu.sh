@@ -20,7 +20,8 @@
 #   int8       (not in the default list) the same seeded fs48 trunk exported with int8 too (its own folder), then
 #              edgeseg bench trunk with torch eager, OpenVINO bf16 and the int8 rows in one run ->
 #              bench_trunk_fs48_decoder1_int8.*; the int8 engine's scans on OpenVINO int8 and, in the same
-#              session, bf16 (the abdomen and the real CT) -> bench_scan_fs48_int8.*, bench_scan_fs48_int8-vs-bf16.*
+#              session, bf16 (the abdomen and the real CT) -> bench_scan_fs48_int8.*, bench_scan_fs48_int8-vs-bf16.*;
+#              eager vs bf16 vs int8 whole scans -> eager_scan_int8.json
 # Environment: PYTHON (.venv/bin/python), THREADS (all cores), WORK (/tmp/edgeseg-bench-cpu: the seeded
 # random-weight fs48 checkpoint, trunks and engine are made there once and reused), RUNS (5), WARMUP (1),
 # BATCH (1: on 2 cores a batch of windows adds no parallelism; 1,4 on bigger machines).
@@ -100,6 +101,9 @@ if want int8; then
     --workdir "$work/scan" "${abdomen[@]}" --out "$res" --name bench_scan_fs48_int8
   "$py" -m edgeseg bench scan "$work/engine-fs48-int8" --backend openvino --precision bf16 --threads "$threads" \
     --workdir "$work/scan" "${abdomen[@]}" --out "$res" --name bench_scan_fs48_int8-vs-bf16
+  # the typical abdomen and the real CT end to end: PyTorch eager, OpenVINO bf16 and int8 side by side in one run
+  "$py" benchmarks/eager_scan.py --engine "$work/engine-fs48-int8" --precision bf16,int8 --threads "$threads" \
+    --scan "$work/scan/phantoms/phantom-0.78x0.78x1.5mm/ct.nii.gz" --name eager_scan_int8
 fi
 if want predict; then
   log predict; "$py" benchmarks/predict_scan.py --backend openvino --threads "$threads" --workdir "$work/predict"
