@@ -81,7 +81,8 @@ class PretrainConfig:
     threads: int | None = None
     eval_every: int = 0  # steps between validations during training (0: only at the end)
     # warm restarts after `steps`: (steps, peak lr) each, or (steps, peak lr, "adaptive") to draw organs by difficulty
-    restarts: tuple[tuple, ...] = ()
+    # the shipped model's: one warm restart of 3000 steps at lr 1e-3 (its validation rose 0.74 -> 0.82 source)
+    restarts: tuple[tuple, ...] = ((3000, 1e-3),)
     save_every: int = 100  # steps between saves of the resumable training state
 
     # Fields that do not change the weights a run produces: a resumed run may differ in these.
