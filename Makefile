@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e ".[train,openvino,int8,dev,dicom,triton,ray]"
+	$(BIN)/python -m pip install --quiet -e ".[cpu,train,openvino,int8,dev,dicom,triton,ray]"
 	touch $(STAMP)
 
 setup: $(STAMP)

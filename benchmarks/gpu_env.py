@@ -5,7 +5,7 @@ loud refusal naming what is still missing. Torch-free and edgeseg-free (it runs 
     python benchmarks/gpu_env.py install --wheels benchmarks/wheels --target DIR   # there: only what is missing
     PYTHONPATH=DIR python benchmarks/gpu_env.py check                # there: every requirement met, or exit 2
 
-What edgeseg needs is read from pyproject.toml (the base dependencies and the `train` extra; matplotlib,
+What edgeseg needs is read from pyproject.toml (the base dependencies, the `cpu` and `train` extras; matplotlib,
 used only for plots, is optional). `install` picks, from the wheels folder, each distribution that is
 missing here or whose version does not meet edgeseg's requirement, plus edgeseg itself, and installs
 them with pip --no-index --no-deps into --target (nothing reaches for a network; the machine's own
@@ -54,9 +54,11 @@ def source_hash(root: Path = ROOT) -> str:
 
 
 def requirements(root: Path = ROOT) -> list[Requirement]:
-    """edgeseg's base dependencies and its `train` extra, plus torch (which the train extra names too)."""
+    """edgeseg's base dependencies, its `cpu` extra (the GPU machines carry ONNX Runtime for the CPU, which
+    `edgeseg predict` runs there) and its `train` extra, plus torch (which the train extra names too)."""
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
-    reqs = [Requirement(r) for r in [*project["dependencies"], *project["optional-dependencies"]["train"]]]
+    extras = project["optional-dependencies"]
+    reqs = [Requirement(r) for r in [*project["dependencies"], *extras["cpu"], *extras["train"]]]
     return [r for r in reqs if r.marker is None or r.marker.evaluate()]
 
 

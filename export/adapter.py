@@ -66,6 +66,9 @@ def export_adapter_onnx(adapter, names: list[str], channels: int, path: Path, *,
 
 def check_adapter_graph(adapter, names: list[str], channels: int, path: Path) -> ParityReport:
     """Parity of the adapter graph (ONNX Runtime CPU) against the torch module, at the fp32 tolerance."""
+    from edgeseg.runtime.availability import require
+
+    require("ort-cpu", "ONNX Runtime (the adapter graph's parity check)")  # [cpu] or [gpu]: the hint says which
     import onnxruntime as ort
     import torch
 

@@ -146,6 +146,9 @@ def calibration_windows(model_spec, paths: Sequence[str | Path] | None = None, *
 
 def quantize_qdq(src: str | Path, dst: str | Path, calibration: Calibration, *, force: bool = False) -> dict:
     """Write the QDQ int8 graph of fp32 graph `src` at `dst`; returns what was done (for the manifest)."""
+    from edgeseg.runtime.availability import require
+
+    require("ort-cpu", "ONNX Runtime (its static quantizer)")
     import onnxruntime
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)

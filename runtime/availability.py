@@ -68,7 +68,8 @@ def _torch_statuses() -> list[BackendStatus]:
 
 def _onnxruntime_statuses() -> list[BackendStatus]:
     if not installed("onnxruntime"):
-        hint = "pip install edgeseg (CPU) or 'edgeseg[gpu]' (CUDA/TensorRT execution providers)"
+        hint = ("pip install 'edgeseg[cpu]' (ONNX Runtime for the CPU), or 'edgeseg[gpu]' on a CUDA machine "
+                "(onnxruntime-gpu: CUDA and TensorRT execution providers, and the CPU)")
         return [BackendStatus(n, False, "onnxruntime is not installed", hint) for n in ("ort-cpu", "ort-cuda", "ort-tensorrt")]
     import onnxruntime as ort
 

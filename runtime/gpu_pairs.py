@@ -32,10 +32,10 @@ TRT_FOR_ORT = {12: "10.9", 13: "10.13.3.9"}
 ORT_GPU_EXTRA = {12: "edgeseg[gpu-cu12]", 13: "edgeseg[gpu]"}
 CUDA_PYTHON = {12: "cuda-python>=12.6,<13", 13: "cuda-python>=13,<14"}
 DRIVER_FILE = Path("/proc/driver/nvidia/version")
-# How to get ONNX Runtime's GPU providers; the base install's CPU onnxruntime shares their module.
+# How to get ONNX Runtime's GPU providers: [gpu] instead of [cpu], whose CPU onnxruntime shares their module.
 ORT_GPU_HINT = ("pip install 'edgeseg[gpu]' ('edgeseg[gpu-cu12]' for drivers older than r580) on a machine with an "
-                "NVIDIA GPU, then replace the CPU onnxruntime it keeps (`edgeseg info` prints the command; "
-                "docs/gpu-install.md)")
+                "NVIDIA GPU, without [cpu]; if the CPU onnxruntime is installed already, replace it (`edgeseg info` "
+                "prints the command; docs/gpu-install.md)")
 TRT_DIST = re.compile(r"^tensorrt[-_]cu(\d+)(?:[-_](libs|bindings))?$")
 
 

@@ -490,3 +490,15 @@ def test_tensorrt_engine_fp32_reference(tiny, tmp_path):
         (feats,) = backend.predict(tiny["x"])
         assert backend.describe().precision == "fp32"
     assert rel_l2(feats, tiny["ref"]) <= TF32  # TF32 is on by default in TensorRT
+
+
+def test_without_onnxruntime_the_ort_backend_names_both_extras(toy, monkeypatch):
+    """The base install has no ONNX Runtime (onnxruntime and onnxruntime-gpu share one module): asking for it
+    says to install [cpu], or [gpu] on a CUDA machine, before anything is loaded."""
+    from edgeseg.runtime import availability
+
+    real = availability.installed
+    monkeypatch.setattr(availability, "installed", lambda name: False if name == "onnxruntime" else real(name))
+    with pytest.raises(BackendUnavailable, match="onnxruntime is not installed") as err:
+        open_backend("ort", toy)
+    assert "'edgeseg[cpu]'" in err.value.fix and "'edgeseg[gpu]'" in err.value.fix
