@@ -112,6 +112,25 @@ def add_ratios(rows: list[dict], baseline: str) -> None:
         r["vs_baseline"] = {"config": baseline, "batch": b["batch"],
                             "speedup": None if speed is None else round(speed, 3),
                             "peak_rss": None if rss is None else round(rss, 3)}
+    add_bf16_ratios(rows)
+
+
+def add_bf16_ratios(rows: list[dict]) -> None:
+    """An int8 row's speed-up against bf16 in the same run (`vs_bf16`): the same backend's bf16 row at the same
+    batch, else the fastest bf16 row at that batch. INT8 is the step after bf16, so this is its ratio that matters."""
+    ok = [r for r in rows if r["status"] == "ok" and r.get("latency_ms")]
+    for r in (r for r in ok if r["precision"] == "int8"):
+        bf16 = [b for b in ok if b["precision"] == "bf16" and b["batch"] == r["batch"]]
+        same = [b for b in bf16 if b["backend"] == r["backend"]]
+        b = (same or sorted(bf16, key=lambda b: b["latency_ms"]["median"]) or [None])[0]
+        if b is not None:
+            speed = ratio(b["latency_ms"]["median"], r["latency_ms"]["median"])
+            r["vs_bf16"] = {"config": b["config"], "batch": b["batch"], "speedup": None if speed is None else round(speed, 3)}
+            r.setdefault("notes", []).append(f"{_x3(speed)} vs {b['config']}")
+
+
+def _x3(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
 
 
 def count_flops(folder: Path, manifest: GraphFolderManifest) -> tuple[dict | None, list[str]]:

@@ -116,3 +116,22 @@ def test_a_failing_reference_hands_over_to_the_next(trunk5, tmp_path, monkeypatc
     (row,) = result["rows"]
     assert row["config"] == "ort-cpu-fp32" and row["status"] == "ok" and row["parity"]["self"] is True
     assert schema.problems(result) == []
+
+
+def test_int8_rows_get_their_ratio_to_bf16_of_the_same_run():
+    from edgeseg.bench.windows import add_ratios
+
+    def row(config, backend, precision, ms, batch=1):
+        return {"config": config, "backend": backend, "precision": precision, "batch": batch, "status": "ok",
+                "latency_ms": {"median": ms}, "peak_rss_gib": 1.0, "notes": []}
+
+    rows = [row("torch-cpu-fp32", "torch", "fp32", 8000.0), row("openvino-bf16", "openvino", "bf16", 2000.0),
+            row("ort-cpu-bf16", "ort", "bf16", 3000.0), row("openvino-int8", "openvino", "int8", 1600.0),
+            row("ort-cpu-int8", "ort", "int8", 4000.0), row("tensorrt-int8", "tensorrt", "int8", 500.0)]
+    add_ratios(rows, "torch-cpu-fp32")
+    by = {r["config"]: r for r in rows}
+    assert by["openvino-int8"]["vs_baseline"]["speedup"] == 5.0
+    assert by["openvino-int8"]["vs_bf16"] == {"config": "openvino-bf16", "batch": 1, "speedup": 1.25}
+    assert by["ort-cpu-int8"]["vs_bf16"]["config"] == "ort-cpu-bf16"  # the same backend's bf16 first
+    assert by["tensorrt-int8"]["vs_bf16"] == {"config": "openvino-bf16", "batch": 1, "speedup": 4.0}  # else the fastest
+    assert "1.25x vs openvino-bf16" in by["openvino-int8"]["notes"] and "vs_bf16" not in by["openvino-bf16"]
