@@ -35,6 +35,7 @@ def main() -> int:
     import numpy as np
 
     from edgeseg.export.fuse import fuse
+    from edgeseg.export.parity import ParityError
     from edgeseg.runtime.engine import open_engine
     from edgeseg.runtime.errors import InputError
     from edgeseg.runtime.manifest import library_versions, portable_path
@@ -51,8 +52,18 @@ def main() -> int:
     organs = list(summary["organs"])
     heldout = sorted((demo / "phantoms" / "heldout").glob("s*/ct.nii.gz"))
     engine_dir = demo / "engine-int8"
-    manifest = fuse(demo / "trunk", [demo / "adapter" / o for o in organs], engine_dir, precisions=("fp32", "int8"),
-                    threads=args.threads, force=True)
+    kw = {} if args.results_root is None else {"root": args.results_root}
+    try:
+        manifest = fuse(demo / "trunk", [demo / "adapter" / o for o in organs], engine_dir, precisions=("fp32", "int8"),
+                        threads=args.threads, force=True)
+    except ParityError as e:  # the product refused an int8 graph of these adapters: that is the result
+        reports = {p.name: json.loads(p.read_text()) for p in sorted(engine_dir.glob("*.parity.rejected.json"))}
+        result = {"benchmark": "fewshot_int8", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                  "status": "rejected", "demo": portable_path(demo), "organs": organs, "k": summary.get("k"),
+                  "reason": e.message, "rejected_reports": reports, "libraries": library_versions()}
+        print(f"int8 fusion rejected by parity: {e.message}")
+        print("wrote", write_result("fewshot_int8", result, **kw))
+        return 0
     masks: dict[str, dict[str, dict[str, np.ndarray]]] = {}
     ran = {}
     for name, backend, precision in RUNS:
@@ -81,13 +92,12 @@ def main() -> int:
                   f"(vs fp32 {dice[name][organ]['dice_vs_fp32_mean']:.4f}, flips {100 * np.mean(flips):.4f}%)")
     result = {
         "benchmark": "fewshot_int8", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "demo": portable_path(demo), "organs": organs, "k": summary.get("k"), "heldout": [portable_path(p) for p in heldout],
+        "status": "ok", "demo": portable_path(demo), "organs": organs, "k": summary.get("k"), "heldout": [portable_path(p) for p in heldout],
         "engine_parity": {p: {"qdq": g.get("parity"), "openvino": (g.get("openvino") or {}).get("parity")}
                           for p, g in manifest["graphs"].items()},
         "calibration": manifest["graphs"]["int8"]["calibration"], "ran": ran, "dice": dice,
         "libraries": library_versions(),
     }
-    kw = {} if args.results_root is None else {"root": args.results_root}
     print("wrote", write_result("fewshot_int8", result, **kw))
     return 0
 
