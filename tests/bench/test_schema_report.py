@@ -71,7 +71,8 @@ def test_result_matches_its_schema_and_survives_json(result):
     statuses_seen = {(r["config"], r["batch"]): r["status"] for r in back["rows"]}
     assert statuses_seen == {("torch-cpu-fp32", 1): "ok", ("torch-cpu-fp32", 4): "ok", ("ort-cpu-fp32", 1): "ok",
                              ("ort-cpu-fp32", 4): "error", ("ort-cpu-fp16", 1): "skipped", ("ort-cpu-fp16", 4): "skipped",
-                             ("ort-cuda-fp32", 1): "skipped", ("ort-cuda-fp32", 4): "skipped"}
+                             ("ort-cuda-fp32", 1): "skipped", ("ort-cuda-fp32", 4): "skipped",
+                             ("ort-cpu-int8", 1): "skipped", ("ort-cpu-int8", 4): "skipped"}
     assert {p["name"] for p in back["probe"]} == set(PROBES)
 
 

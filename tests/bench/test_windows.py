@@ -58,7 +58,8 @@ def test_cli_bench_trunk_on_ort(trunk5, tmp_path):
     assert portable_paths(r) == json.loads((out / "bench_trunk_fs12_decoder1.json").read_text())  # the file: no absolute path
     assert (out / "bench_trunk_fs12_decoder1.md").exists()
     rows = {row["config"]: row for row in r["rows"]}
-    assert set(rows) == {"ort-cpu-fp32", "ort-cpu-fp16", "ort-cuda-fp32", "ort-cuda-fp16", "ort-tensorrt-fp16"}
+    assert set(rows) == {"ort-cpu-fp32", "ort-cpu-fp16", "ort-cuda-fp32", "ort-cuda-fp16", "ort-tensorrt-fp16",
+                         "ort-cpu-int8", "ort-tensorrt-int8"}  # the folder has no int8 graph: those rows say why
     ok = rows["ort-cpu-fp32"]
     assert ok["status"] == "ok" and ok["batch"] == 1
     assert ok["ran"]["backend"] == "ort-cpu" and ok["ran"]["precision"] == "fp32"
@@ -70,7 +71,7 @@ def test_cli_bench_trunk_on_ort(trunk5, tmp_path):
     ct = TOLERANCES[("fp32", "ct")]  # the bench's windows are of the shipped real CT
     assert ok["parity"]["reference"] == "torch-cpu-fp32" and ok["parity"]["rel_l2"] <= ct.rel_l2
     assert 0 <= ok["parity"]["mask_flip"] <= ct.mask_flip
-    assert "fp16 graph" in rows["ort-cpu-fp16"]["reason"]
+    assert "fp16 graph" in rows["ort-cpu-fp16"]["reason"] and "int8 graph" in rows["ort-cpu-int8"]["reason"]
     for name in ("ort-cuda-fp32", "ort-tensorrt-fp16"):
         assert rows[name]["status"] == "skipped" and "ExecutionProvider" in rows[name]["reason"]
     assert ok["vs_baseline"] is None and any("baseline torch-cpu-fp32 did not run" in n for n in r["notes"])

@@ -153,7 +153,9 @@ def test_missing_graph_and_bad_choices_are_refused_by_name(trunk_dir):
     with pytest.raises(InputError, match="unknown backend"):
         open_trunk(trunk_dir, backend="onnx")
     with pytest.raises(InputError, match="unknown precision"):
-        open_trunk(trunk_dir, precision="int8")
+        open_trunk(trunk_dir, precision="int4")
+    with pytest.raises(InputError, match="has no int8 graph"):  # a known precision this folder was not exported at
+        open_trunk(trunk_dir, backend="ort", precision="int8")
     with pytest.raises(InputError, match="not bf16"):
         open_trunk(trunk_dir, backend="ort", precision="bf16")
 
