@@ -123,14 +123,10 @@ def add_bf16_ratios(rows: list[dict]) -> None:
         bf16 = [b for b in ok if b["precision"] == "bf16" and b["batch"] == r["batch"]]
         same = [b for b in bf16 if b["backend"] == r["backend"]]
         b = (same or sorted(bf16, key=lambda b: b["latency_ms"]["median"]) or [None])[0]
-        if b is not None:
-            speed = ratio(b["latency_ms"]["median"], r["latency_ms"]["median"])
-            r["vs_bf16"] = {"config": b["config"], "batch": b["batch"], "speedup": None if speed is None else round(speed, 3)}
-            r.setdefault("notes", []).append(f"{_x3(speed)} vs {b['config']}")
-
-
-def _x3(v: float | None) -> str:
-    return "-" if v is None else f"{v:.2f}x"
+        speed = None if b is None else ratio(b["latency_ms"]["median"], r["latency_ms"]["median"])
+        if speed is not None:
+            r["vs_bf16"] = {"config": b["config"], "batch": b["batch"], "speedup": round(speed, 3)}
+            r.setdefault("notes", []).append(f"{speed:.2f}x vs {b['config']}")
 
 
 def count_flops(folder: Path, manifest: GraphFolderManifest) -> tuple[dict | None, list[str]]:
