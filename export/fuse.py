@@ -327,43 +327,46 @@ def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | P
     graphs: dict[str, dict] = {}
     files: list[Path] = []
     scratch: list[Path] = []
-    for precision in present:
-        if precision == "int8":
-            from edgeseg.export.int8 import write_int8
+    try:
+        for precision in present:
+            if precision == "int8":
+                from edgeseg.export.int8 import write_int8
 
-            fp32_path = out / EngineManifest.graph_name("fp32")
-            if "fp32" not in graphs:  # the fused fp32 graph is only the quantizer's source: made, then removed
-                src = trunk_dir / trunk.graphs["fp32"]["file"]
-                data = save_ir_model(ir.serde.deserialize_model(fuse_graphs(onnx.load(str(src)), adapter_models)),
-                                     fp32_path, force=force)
-                scratch += [fp32_path] + ([data] if data else [])
-            trained = all(a["manifest"].extra.get("steps") for a in adapters)  # `edgeseg adapt` records its steps
-            graphs["int8"], these = write_int8(fp32_path, out, "fused", cal, inputs, reference, _masks, threads=threads,
-                                               trained=trained, force=force, log=log, timings=timings)
-            graphs["int8"]["trunk_graph"] = trunk.graphs["fp32"]["file"]
+                fp32_path = out / EngineManifest.graph_name("fp32")
+                if "fp32" not in graphs:  # the fused fp32 graph is only the quantizer's source: made, then removed
+                    src = trunk_dir / trunk.graphs["fp32"]["file"]
+                    data = save_ir_model(ir.serde.deserialize_model(fuse_graphs(onnx.load(str(src)), adapter_models)),
+                                         fp32_path, force=force)
+                    scratch += [fp32_path] + ([data] if data else [])
+                trained = all(a["manifest"].extra.get("steps") for a in adapters)  # `edgeseg adapt` records its steps
+                graphs["int8"], these = write_int8(fp32_path, out, "fused", cal, inputs, reference, _masks, threads=threads,
+                                                   trained=trained, force=force, log=log, timings=timings)
+                graphs["int8"]["trunk_graph"] = trunk.graphs["fp32"]["file"]
+                files += these
+                continue
+            t0 = time.perf_counter()
+            src = trunk_dir / trunk.graphs[precision]["file"]
+            fused = fuse_graphs(onnx.load(str(src)), adapter_models)
+            path = out / EngineManifest.graph_name(precision)
+            log(f"fusing {src.name} with {len(adapters)} adapter(s) ({', '.join(organs)}) -> {path.name} ...")
+            data = save_ir_model(ir.serde.deserialize_model(fused), path, force=force)
+            del fused
+            these = [path] + ([data] if data else [])
+            timings[f"fuse_{precision}"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            log(f"parity of {path.name} (ONNX Runtime CPU vs PyTorch fp32 trunk + adapters) ...")
+            report = _check(path, precision, inputs, reference, threads=threads, files=these)
+            timings[f"parity_{precision}"] = time.perf_counter() - t0
+            for line in report.lines():
+                log(line)
+            graphs[precision] = {"file": path.name, "data_file": data.name if data else None,
+                                 "trunk_graph": src.name, "parity": report.to_dict()}
             files += these
-            continue
-        t0 = time.perf_counter()
-        src = trunk_dir / trunk.graphs[precision]["file"]
-        fused = fuse_graphs(onnx.load(str(src)), adapter_models)
-        path = out / EngineManifest.graph_name(precision)
-        log(f"fusing {src.name} with {len(adapters)} adapter(s) ({', '.join(organs)}) -> {path.name} ...")
-        data = save_ir_model(ir.serde.deserialize_model(fused), path, force=force)
-        del fused
-        these = [path] + ([data] if data else [])
-        timings[f"fuse_{precision}"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        log(f"parity of {path.name} (ONNX Runtime CPU vs PyTorch fp32 trunk + adapters) ...")
-        report = _check(path, precision, inputs, reference, threads=threads, files=these)
-        timings[f"parity_{precision}"] = time.perf_counter() - t0
-        for line in report.lines():
-            log(line)
-        graphs[precision] = {"file": path.name, "data_file": data.name if data else None,
-                             "trunk_graph": src.name, "parity": report.to_dict()}
-        files += these
+    finally:  # the fused fp32 graph made only for the quantizer goes, even when a graph is rejected
+        for f in scratch:
+            if f.exists():
+                unlink_own(f)
 
-    for f in scratch:
-        unlink_own(f)
     engines = {}
     if tensorrt:
         engines = _build_tensorrt(out, trunk_dir, trunk, inputs, reference, log, force, timings)

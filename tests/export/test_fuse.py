@@ -183,3 +183,20 @@ def test_the_mixed_fp16_trunk_graph_fuses_with_fp32_adapters(trunk5, adapters, e
     for a, b in zip(half.run(outs, {"image": x}), full.run(outs, {"image": x})):
         assert a.shape == b.shape == (2, 1, 64, 64, 64) and a.dtype == np.float32
         assert rel_l2(b, a) <= TOLERANCES[("fp16", "random")].rel_l2
+
+
+def test_a_rejected_int8_fusion_leaves_no_scratch_graph(trunk5, adapters, monkeypatch, tmp_path):
+    """The fused fp32 graph made only as the quantizer's source goes even when int8 parity fails, so
+    what stays is the rejected graph and its report, nothing half-made."""
+    pytest.importorskip("nncf", reason="int8 fusion needs pip install 'edgeseg[int8]'")
+    from edgeseg.export import parity
+    from edgeseg.export.parity import ParityError, Tolerance
+
+    for kind in ("random", "ct"):  # a bound no int8 graph meets stands in for a bad quantization
+        monkeypatch.setitem(parity.TOLERANCES, ("int8", kind), Tolerance(rel_l2=1e-9, mask_flip=0.0))
+    out = tmp_path / "e"
+    with pytest.raises(ParityError, match="parity check failed"):
+        fuse(trunk5, [adapters["liver"]], out, precisions=("int8",), calibration_windows=2, threads=2, log=_quiet)
+    left = sorted(p.name for p in out.iterdir())
+    assert "fused.fp32.onnx" not in left and "manifest.json" not in left
+    assert "fused.int8.onnx.rejected" in left and "fused.int8.onnx.parity.rejected.json" in left, left
