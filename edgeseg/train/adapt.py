@@ -31,12 +31,13 @@ from edgeseg.runtime.host import peak_rss_gib
 # The CPU recipe per adapter: steps, learning rate, crop side (feature voxels). Measured on cached
 # features of the stand-in (benchmarks/results/<machine>/adapt_recipe.json): the decoder block reaches
 # its best held-out Dice near 500 steps at 3e-3 and over-fits beyond ~1000. Its instance norms see a
-# whole 64^3 window at inference, so crops nearer that size train what runs: crops of 48 lifted the
-# never-labelled vena cava from 0.47 to 0.55 (64: 0.57 at 2.8x the time), the kidney 0.86 -> 0.87.
+# whole 64^3 window at inference: on the stand-in, --crop 48 lifts the never-labelled vena cava from 0.47
+# to 0.55 at twice the time, but at feature size 48 it took 22 min and 1.69 GiB (32: 6.5 min, 1.09 GiB),
+# past the CPU aims of 10 min and 1.5 GiB, so 32 stays the default.
 RECIPE: dict[str, dict] = {
     "lp": {"steps": 300, "lr": 1e-2, "crop": 32},
     "spatial": {"steps": 400, "lr": 1e-3, "crop": 32},
-    "decoder-block": {"steps": 500, "lr": 3e-3, "crop": 48},
+    "decoder-block": {"steps": 500, "lr": 3e-3, "crop": 32},
     "ft-last": {"steps": 500, "lr": 1e-3, "crop": 32},
 }
 HOLDOUT_MIN_K = 5  # from this many supports on, one is left out to pick the state that is kept
