@@ -364,8 +364,7 @@ def fuse(trunk_dir: str | Path, adapter_dirs: Sequence[str | Path], out: str | P
             files += these
     finally:  # the fused fp32 graph made only for the quantizer goes, even when a graph is rejected
         for f in scratch:
-            if f.exists():
-                unlink_own(f)
+            unlink_own(f)  # missing_ok: a graph that was never written
 
     engines = {}
     if tensorrt:

@@ -40,9 +40,9 @@ def test_int8_of_the_shipped_model_flips_no_more_masks_than_measured(shipped_int
     qdq, ir = entry["parity"], entry["openvino"]["parity"]
     assert qdq["passed"] and ir["passed"] and qdq["backend"] == "ort-cpu" and ir["backend"] == "openvino"
     assert {c["input"] for c in qdq["cases"]} == {"random", "real_ct", "phantom"}
-    # Measured on the 6000-step model (the 9000-step one passes the same bounds): QDQ on ONNX Runtime <= 0.145% flips, rel L2 <= 0.115; NNCF IR on
-    # OpenVINO <= 0.090% flips, rel L2 <= 0.088 (the 3000-step model: 0.122% / 0.093 and 0.069% / 0.053). The
-    # bounds leave room for thread-count rounding only.
+    # Measured on the 6000-step model: QDQ on ONNX Runtime <= 0.145% flips, rel L2 <= 0.115; NNCF IR on OpenVINO
+    # <= 0.090% flips, rel L2 <= 0.088 (the 3000-step model: 0.122% / 0.093 and 0.069% / 0.053; the shipped
+    # 9000-step model passes the same bounds). The bounds leave room for thread-count rounding only.
     for case in qdq["cases"]:
         assert case["mask_flip"] <= 0.002 and case["rel_l2"] <= 0.13, case
         assert case["tolerance"] == {"rel_l2": 0.2, "mask_flip": 0.005}
