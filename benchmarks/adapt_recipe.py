@@ -100,7 +100,7 @@ def _kept_adapter(out: Path, cache: Path, kind: str, crop: int | None) -> dict |
     if not (out / "manifest.json").exists():
         return None
     m = AdapterManifest.from_folder(out, verify_files=True).record
-    want = AdaptConfig(adapter=kind, crop=crop).resolved().to_dict()
+    want = AdaptConfig(adapter=kind, crop=crop).resolved(m["feature_size"]).to_dict()
     same = {k: v for k, v in m["config"].items() if k != "threads"} == {k: v for k, v in want.items() if k != "threads"}
     made_from = (m.get("cache") or {}).get("manifest_sha256")
     return dict(m) if same and made_from == CacheManifest.from_folder(cache, verify_files=False).sha256 else None

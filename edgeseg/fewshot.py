@@ -19,7 +19,7 @@ Protocol (the paper's, scaled to 2 CPU cores; every scaling is a field of `Fewsh
 - Methods: ``generalization`` (the pretrained head as is; base organs only), ``scratch`` (a randomly
   initialised SwinUNETR with a one-organ head), ``ft`` (the whole pretrained model fine-tuned), ``ft-last``,
   ``lp``, ``spatial``, ``decoder-block``, ``decoder-block+ti`` (with the transductive size prior on the
-  queries). Adapters train with exactly `edgeseg adapt`'s defaults (`AdaptConfig().resolved()`: its step
+  queries). Adapters train with exactly `edgeseg adapt`'s defaults (`AdaptConfig().resolved(feature_size)`: its step
   budget, learning rate, crops, organ / neighbour / negative mix, and with K >= 5 one support left out
   to pick the kept state) on the regions `edgeseg cache` stores (organ box + margin, negative windows in
   the body). ``scratch`` and ``ft`` are not in the default methods: on 2 CPU cores a budget that means
@@ -93,13 +93,15 @@ class FewshotConfig:
     threads: int | None = None
     gen_max_voxels: int = 6_000_000
 
-    def to_dict(self) -> dict:
+    def to_dict(self, feature_size: int) -> dict:
+        """The settings, with `edgeseg adapt`'s defaults for a trunk of `feature_size` (its crop depends on it)."""
         d = dataclasses.asdict(self)
         for key in ("organs", "ks", "seeds", "methods"):
             d[key] = list(d[key])
         from edgeseg.train.adapt import AdaptConfig
 
-        d["adapt_defaults"] = {k: AdaptConfig(adapter=k).resolved().to_dict() for k in ("lp", "spatial", "decoder-block", "ft-last")}
+        d["adapt_defaults"] = {k: AdaptConfig(adapter=k).resolved(feature_size).to_dict()
+                              for k in ("lp", "spatial", "decoder-block", "ft-last")}
         d["model_lr"] = dict(MODEL_LR)
         return d
 
@@ -121,9 +123,9 @@ class FewshotConfig:
             raise InputError(f"model_crop={self.model_crop} must be a multiple of 32 and at least 64 (SwinUNETR)",
                              fix="use 64 or 96")
 
-    def run_settings(self) -> dict:
+    def run_settings(self, feature_size: int) -> dict:
         """What a finished run's result depends on, besides its key: a run made under others is redone."""
-        d = self.to_dict()
+        d = self.to_dict(feature_size)
         return {k: d[k] for k in ("n_cases", "n_query", "data_seed", "domain", "min_organ_ml", "batch_size", "model_crop",
                                   "model_steps", "overlap", "ti_gamma", "ti_lambda", "gen_max_voxels", "adapt_defaults",
                                   "model_lr")}
@@ -331,13 +333,13 @@ def run_method(method: str, organ: str, supports: list[CaseFeatures], queries: l
                                    class_index if method == "ft" else None)
         names: tuple[str, ...] = ("image",)
         adapt_config = AdaptConfig(adapter="lp", steps=config.model_steps, lr=MODEL_LR[method], crop=config.model_crop,
-                                   batch_size=config.batch_size, seed=seed).resolved()
+                                   batch_size=config.batch_size, seed=seed).resolved(spec.feature_size)
         align = 1
     else:
         module = build_adapter(kind, feature_size=spec.feature_size, pretrained=pretrained, class_index=class_index)
         names = ("feat",) if kind in ("lp", "spatial") else ("enc0", "dec0")
         adapt_config = AdaptConfig(adapter=kind, ti=ti, ti_gamma=config.ti_gamma, ti_lambda=config.ti_lambda,
-                                   seed=seed).resolved()  # exactly `edgeseg adapt`'s defaults
+                                   seed=seed).resolved(spec.feature_size)  # exactly `edgeseg adapt`'s defaults
         align = 2 if kind in ("decoder-block", "ft-last") else 1
     entries = [e for s in supports for e in support_entries(s, organ, names, window, spacing, seed)]
     train_entries, heldout = split_holdout(entries, adapt_config)
@@ -420,7 +422,7 @@ def run_protocol(checkpoint: str | Path, out: str | Path, config: FewshotConfig 
     from edgeseg.runtime.manifest import portable_path
 
     ckpt = {"path": portable_path(checkpoint), "sha256": sha256_file(checkpoint)}
-    settings = {**config.run_settings(), "checkpoint_sha256": ckpt["sha256"]}
+    settings = {**config.run_settings(spec.feature_size), "checkpoint_sha256": ckpt["sha256"]}
     stamp = out / "features" / "settings.json"
     data_settings = {k: settings[k] for k in ("n_cases", "data_seed", "domain", "gen_max_voxels", "overlap",
                                               "checkpoint_sha256")}
@@ -494,7 +496,7 @@ def summarise(config: FewshotConfig, records: list[dict], spec, checkpoint: dict
                                 "peak_rss_delta_gib": round(max(x.get("peak_rss_delta_gib", 0.0) for x in flat), 3),
                                 "seconds_per_run": round(float(np.mean([x["seconds"] for x in flat])), 1)}
     total = sum(r.get("seconds", 0.0) for r in records)
-    return {"kind": "fewshot", "config": config.to_dict(), "checkpoint": checkpoint,
+    return {"kind": "fewshot", "config": config.to_dict(spec.feature_size), "checkpoint": checkpoint,
             "model": {"feature_size": spec.feature_size, "window": list(spec.preprocess.window),
                       "spacing": list(spec.preprocess.spacing), "head": list(spec.class_names)},
             "base_organs": [o for o in config.organs if spec.class_index(o) is not None],

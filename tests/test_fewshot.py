@@ -103,7 +103,7 @@ def test_whole_model_methods_train_every_parameter_with_a_one_organ_head():
 
 
 def test_finished_runs_resume_and_a_torn_line_is_ignored(tmp_path):
-    settings = FewshotConfig().run_settings()
+    settings = FewshotConfig().run_settings(12)
     path = tmp_path / "runs.jsonl"
     good = {"key": run_key("liver", 1, 0, "lp"), "dsc": 0.9, "settings": settings}
     other = {"key": run_key("liver", 5, 0, "lp"), "dsc": 0.8, "settings": {**settings, "model_steps": 1}}
@@ -144,8 +144,9 @@ def test_defaults_are_the_papers_two_settings_with_the_adapt_defaults_and_no_who
     assert config.organs == SETTING_A + SETTING_B and config.methods == DEFAULT_METHODS
     assert set(SETTING_A) <= set(BASE_ORGANS) and set(SETTING_B) <= set(NOVEL_ORGANS) and len(SETTING_A) >= 4
     assert "scratch" not in config.methods and "ft" not in config.methods and len(SETTING_B) >= 2
-    settings = config.run_settings()
-    assert settings["adapt_defaults"]["decoder-block"] == AdaptConfig(adapter="decoder-block").resolved().to_dict()
+    settings = config.run_settings(12)
+    assert settings["adapt_defaults"]["decoder-block"] == AdaptConfig(adapter="decoder-block").resolved(12).to_dict()
+    assert settings["adapt_defaults"]["decoder-block"]["crop"] == 48  # the stand-in's width
     assert config.data_seed != 0  # never the pretraining's patients
 
 

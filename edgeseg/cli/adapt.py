@@ -28,7 +28,8 @@ def adapt(
     ti_warmup: Optional[int] = typer.Option(None, "--ti-warmup", min=0, help="Steps before the size prior starts (default: half the steps)."),
     steps: Optional[int] = typer.Option(None, "--steps", min=1, help="Step budget (default: the CPU recipe, e.g. decoder-block 500)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the CPU recipe: LP 1e-2, spatial 1e-3, decoder-block 3e-3, FT-Last 1e-3)."),
-    crop: Optional[int] = typer.Option(None, "--crop", min=8, help="Training crop side in voxels (default 32)."),
+    crop: Optional[int] = typer.Option(None, "--crop", min=8, help="Training crop side in voxels (default 32; the "
+                                       "decoder block on trunks of feature size <= 12: 48)."),
     batch_size: int = typer.Option(2, "--batch-size", min=1),
     loss: str = typer.Option("dice+bce", "--loss", help="dice or dice+bce."),
     holdout: bool = typer.Option(True, "--holdout/--no-holdout", help="With K >= 5, leave one support out to pick the kept state and stop early."),
@@ -55,9 +56,10 @@ def adapt(
         columns = (TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("loss {task.fields[loss]}"),
                    TimeElapsedColumn(), TimeRemainingColumn())
         with output_lock(out, "edgeseg adapt"), Progress(*columns, console=con, transient=True) as bar:
-            task = bar.add_task("adapt", total=config.resolved().steps, loss="-")
+            task = bar.add_task("adapt", total=None, loss="-")  # the step budget is known once the trunk is read
             manifest = run_adapt(cache_dir, out, config, force=force,
-                                 progress=lambda e, total, value: bar.update(task, completed=e, loss=f"{value:.4f}"),
+                                 progress=lambda e, total, value: bar.update(task, completed=e, total=total,
+                                                                             loss=f"{value:.4f}"),
                                  log=printer(con))
 
         def text() -> None:

@@ -30,17 +30,26 @@ from edgeseg.runtime.host import peak_rss_gib
 
 # The CPU recipe per adapter: steps, learning rate, crop side (feature voxels). Measured on cached
 # features of the stand-in (benchmarks/results/<machine>/adapt_recipe.json): the decoder block reaches
-# its best held-out Dice near 500 steps at 3e-3 and over-fits beyond ~1000. Its instance norms see a
-# whole 64^3 window at inference: on the stand-in, --crop 48 lifts the never-labelled vena cava from 0.47
-# to 0.55 at twice the time, but at feature size 48 it took 22 min and 1.69 GiB (32: 6.5 min, 1.09 GiB),
-# past the CPU aims of 10 min and 1.5 GiB, so 32 stays the default.
+# its best held-out Dice near 500 steps at 3e-3 and over-fits beyond ~1000.
 RECIPE: dict[str, dict] = {
     "lp": {"steps": 300, "lr": 1e-2, "crop": 32},
     "spatial": {"steps": 400, "lr": 1e-3, "crop": 32},
     "decoder-block": {"steps": 500, "lr": 3e-3, "crop": 32},
     "ft-last": {"steps": 500, "lr": 1e-3, "crop": 32},
 }
+# The decoder block's instance norms see a whole 64^3 window at inference, so larger crops help it, but
+# their cost grows with the trunk's width. Measured on 2 cores, 500 steps: on the stand-in (feature size
+# 12) 48^3 crops lift the never-labelled vena cava from 0.47 to 0.55 in 162 s (32^3: 84 s); at feature
+# size 48 they take 1324 s and 1.69 GiB (32^3: 393 s, 1.09 GiB), past the CPU aims of 10 min and 1.5 GiB.
+# So trunks up to this width train the decoder block on 48^3 crops, wider ones keep the recipe's 32^3.
+SMALL_TRUNK_CROP: dict[str, tuple[int, int]] = {"decoder-block": (12, 48)}  # adapter: (max feature size, crop)
 HOLDOUT_MIN_K = 5  # from this many supports on, one is left out to pick the state that is kept
+
+
+def recipe_crop(kind: str, feature_size: int) -> int:
+    """The default training crop side of adapter `kind` on a trunk of `feature_size` (see SMALL_TRUNK_CROP)."""
+    small = SMALL_TRUNK_CROP.get(kind)
+    return small[1] if small is not None and feature_size <= small[0] else RECIPE[kind]["crop"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,7 @@ class AdaptConfig:
     adapter: str = "lp"
     steps: int | None = None  # None: RECIPE[adapter]["steps"]
     lr: float | None = None  # None: RECIPE[adapter]["lr"]
-    crop: int | None = None  # crop side in voxels (clipped to the cached regions); None: RECIPE
+    crop: int | None = None  # crop side in voxels (clipped to the cached regions); None: `recipe_crop`
     warmup: float = 0.05  # fraction of the steps in the linear warm-up
     batch_size: int = 2
     loss: str = "dice+bce"  # "dice" or "dice+bce"
@@ -66,8 +75,8 @@ class AdaptConfig:
     seed: int = 0
     threads: int | None = None  # None: the cores that are idle now (see `edgeseg.runtime.host.idle_cores`)
 
-    def resolved(self) -> "AdaptConfig":
-        """This config with the recipe's values filled in for the fields left as None."""
+    def resolved(self, feature_size: int) -> "AdaptConfig":
+        """This config with the recipe's values for a trunk of `feature_size` filled in for the fields left as None."""
         from edgeseg.adapters import resolve_kind
 
         kind = resolve_kind(self.adapter)
@@ -75,7 +84,7 @@ class AdaptConfig:
         steps = self.steps if self.steps is not None else r["steps"]
         return dataclasses.replace(
             self, adapter=kind, steps=steps, lr=self.lr if self.lr is not None else r["lr"],
-            crop=self.crop if self.crop is not None else r["crop"],
+            crop=self.crop if self.crop is not None else recipe_crop(kind, feature_size),
             ti_warmup=self.ti_warmup if self.ti_warmup is not None else steps // 2)
 
     def check(self) -> None:
@@ -330,7 +339,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     """Train `config.adapter` on the cache in `cache_dir`; write the adapter folder `out`; return its manifest."""
     import torch
 
-    from edgeseg.adapters import CUT_OF, build_adapter, count_trainable
+    from edgeseg.adapters import CUT_OF, build_adapter, count_trainable, resolve_kind
     from edgeseg.features import open_cache
     from edgeseg.runtime.host import idle_cores
     from edgeseg.runtime.artifacts.adapter import AdapterIO, AdapterManifest
@@ -338,8 +347,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     from edgeseg.train.size_prior import QuerySizeEstimator, target_size_ml
 
     config.check()
-    config = config.resolved()
-    kind = config.adapter
+    kind = resolve_kind(config.adapter)
     out = Path(out)
     # only an edgeseg adapter is ever replaced (with --force); a user's files there are refused, even with it
     AdapterManifest.claim(out, force=force, dry_run=True)
@@ -357,6 +365,7 @@ def adapt(cache_dir: str | Path, out: str | Path, config: AdaptConfig, *, force:
     torch.set_num_threads(threads)
     trunk_manifest = TrunkManifest.from_folder(cache.trunk_dir, verify_files=False)
     model_spec = trunk_manifest.model_spec
+    config = config.resolved(model_spec["feature_size"])  # the crop default depends on the trunk's width
     class_names = model_spec["class_names"]
     class_index = class_names.index(cache.organ) if cache.organ in class_names else None
     pretrained = None

@@ -154,13 +154,23 @@ def test_neighbour_crops_centre_on_the_organs_region_outside_the_organ():
 def test_recipe_defaults_resolve_per_adapter_and_bad_settings_are_refused():
     from edgeseg.train.adapt import RECIPE
 
-    cfg = AdaptConfig(adapter="decoder-block").resolved()
+    cfg = AdaptConfig(adapter="decoder-block").resolved(48)
     assert (cfg.steps, cfg.lr, cfg.crop, cfg.ti_warmup) == (RECIPE["decoder-block"]["steps"], RECIPE["decoder-block"]["lr"],
                                                             RECIPE["decoder-block"]["crop"], cfg.steps // 2)
-    assert AdaptConfig(adapter="lp", steps=7, lr=0.5).resolved().steps == 7
+    assert AdaptConfig(adapter="lp", steps=7, lr=0.5).resolved(48).steps == 7
     for bad in (dict(steps=0), dict(loss="focal"), dict(neighbour_fraction=0.6, negative_fraction=0.5), dict(max_minutes=0)):
         with pytest.raises(InputError, match="invalid adaptation settings"):
             AdaptConfig(**bad).check()
+
+
+def test_the_decoder_block_trains_on_48_cubed_crops_on_a_small_trunk_and_32_at_full_size():
+    # measured (adapt_recipe.json, adapt_recipe_fs48_crop48.json): 48^3 lifts a novel organ on the stand-in,
+    # but at feature size 48 it breaks the 10-minute / 1.5 GiB aims
+    assert AdaptConfig(adapter="decoder-block").resolved(12).crop == 48
+    assert AdaptConfig(adapter="decoder-block").resolved(24).crop == 32
+    assert AdaptConfig(adapter="decoder-block").resolved(48).crop == 32
+    assert AdaptConfig(adapter="decoder-block", crop=40).resolved(12).crop == 40  # an explicit --crop wins
+    assert {AdaptConfig(adapter=k).resolved(12).crop for k in ("lp", "spatial", "ft-last")} == {32}
 
 
 def test_k_of_five_leaves_one_support_out_and_keeps_the_best_held_out_state():
@@ -169,7 +179,7 @@ def test_k_of_five_leaves_one_support_out_and_keeps_the_best_held_out_state():
     from edgeseg.train.adapt import CropSampler, fit_adapter, heldout_dice, split_holdout
 
     entries = _synthetic_entries(5)
-    cfg = AdaptConfig(adapter="lp", steps=60, lr=2e-2, crop=16, eval_every=10, patience=100, seed=0).resolved()
+    cfg = AdaptConfig(adapter="lp", steps=60, lr=2e-2, crop=16, eval_every=10, patience=100, seed=0).resolved(12)
     train, held = split_holdout(entries, cfg)
     assert {e.case_id for e in held} == {"c4"} and "c4" not in {e.case_id for e in train}
     assert split_holdout(entries[:8], cfg) == (entries[:8], [])  # K = 4: nothing left out
@@ -191,13 +201,13 @@ def test_held_out_dice_stops_training_after_patience_and_max_minutes_stops_at_on
     from edgeseg.train.adapt import CropSampler, fit_adapter, split_holdout
 
     entries = _synthetic_entries(5)
-    cfg = AdaptConfig(adapter="lp", steps=400, lr=5e-2, crop=16, eval_every=10, patience=2, seed=0).resolved()
+    cfg = AdaptConfig(adapter="lp", steps=400, lr=5e-2, crop=16, eval_every=10, patience=2, seed=0).resolved(12)
     train, held = split_holdout(entries, cfg)
     torch.manual_seed(0)
     fit = fit_adapter(torch.nn.Conv3d(4, 1, 1), CropSampler(train, 16, np.random.default_rng(0), 1), cfg, heldout=held)
     assert fit["steps_run"] < 400 and fit["stopped"].startswith("held-out Dice not better for 2 evaluations")
     assert fit["steps_run"] == fit["kept_step"] + 2 * 10
-    quick = AdaptConfig(adapter="lp", steps=400, lr=5e-2, crop=16, max_minutes=1e-9, seed=0).resolved()
+    quick = AdaptConfig(adapter="lp", steps=400, lr=5e-2, crop=16, max_minutes=1e-9, seed=0).resolved(12)
     fit = fit_adapter(torch.nn.Conv3d(4, 1, 1), CropSampler(train, 16, np.random.default_rng(0), 1), quick,
                       heldout=held)
     assert fit["steps_run"] == 1 and "--max-minutes" in fit["stopped"] and "kept the best held-out state" in fit["stopped"]
