@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -115,6 +116,12 @@ def main() -> int:
     ap.add_argument("--heldout", type=int, default=3)
     ap.add_argument("--decoder-crops", default="", help="also train the decoder block at these crop sides (e.g. 64: "
                                                           "the window its instance norms see at inference)")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="also train the decoder block with these extra `edgeseg adapt` options (quoted, e.g. "
+                         "\"--steps 1000\"); repeatable: one row per variant")
+    ap.add_argument("--data-seed", type=int, default=None,
+                    help="draw supports and held-out phantoms from this seed instead of the demo's: to choose a "
+                         "recipe on patients the demo never reports")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reuse-adapters", action="store_true",
                     help="keep an adapter already trained in --work on the same cache with the same crop (its recorded "
@@ -134,7 +141,9 @@ def main() -> int:
     from edgeseg.runtime.host import host_description
     from edgeseg.runtime.manifest import portable_path, sha256_file
 
-    work = args.work / f"fs{args.feature_size}"
+    data_seed = DEMO_DATA_SEED if args.data_seed is None else args.data_seed
+    # the phantoms are kept in --work between runs: another data seed gets its own folder
+    work = args.work / (f"fs{args.feature_size}" + ("" if args.data_seed is None else f"-data{data_seed}"))
     work.mkdir(parents=True, exist_ok=True)
     organs = [o for o in args.organs.split(",") if o]
     adapters = [a for a in args.adapters.split(",") if a]
@@ -142,8 +151,8 @@ def main() -> int:
     known = set(file_spec(ckpt).class_names)
     support, heldout_dir = work / "support", work / "heldout"
     if not support.exists():
-        write_dataset(support, args.k, DEMO_DATA_SEED, TARGET, z_range=(-200.0, 160.0), max_voxels=6_000_000)
-        write_dataset(heldout_dir, args.heldout, DEMO_DATA_SEED + 1000, TARGET, z_range=(-200.0, 160.0),
+        write_dataset(support, args.k, data_seed, TARGET, z_range=(-200.0, 160.0), max_voxels=6_000_000)
+        write_dataset(heldout_dir, args.heldout, data_seed + 1000, TARGET, z_range=(-200.0, 160.0),
                       max_voxels=6_000_000)
     heldout = sorted(p for p in heldout_dir.iterdir() if p.is_dir())
     rows = []
@@ -158,17 +167,20 @@ def main() -> int:
                 build_cache(trunk, support, organ, cache,
                             CacheConfig(k=args.k, seed=0, backend="ort", threads=args.threads, force=True),
                             log=lambda m: None)
-            runs = [(k, None) for k in adapters if CUT_OF[k] == cut]
-            runs += [("decoder-block", int(c)) for c in args.decoder_crops.split(",") if c and cut == "pre-decoder1"]
-            for kind, crop in runs:
-                out = work / (f"adapter-{kind}-{organ}" + ("" if crop is None else f"-crop{crop}"))
-                m = _kept_adapter(out, cache, kind, crop) if args.reuse_adapters else None
+            runs = [(k, None, "") for k in adapters if CUT_OF[k] == cut]
+            if cut == "pre-decoder1":
+                runs += [("decoder-block", int(c), "") for c in args.decoder_crops.split(",") if c]
+                runs += [("decoder-block", None, v) for v in args.variant]
+            for kind, crop, variant in runs:
+                out = work / (f"adapter-{kind}-{organ}" + ("" if crop is None else f"-crop{crop}")
+                              + (f"-v{args.variant.index(variant)}" if variant else ""))
+                m = _kept_adapter(out, cache, kind, crop) if args.reuse_adapters and not variant else None
                 wall = None  # a kept adapter's time is the one its manifest recorded when it was trained
                 if m is None:
                     t0 = time.perf_counter()
                     done = subprocess.run([sys.executable, "-m", "edgeseg", "adapt", "--cache", str(cache), "--adapter", kind,
                                            "--out", str(out), "--threads", str(args.threads), "--force", "--json",
-                                           *([] if crop is None else ["--crop", str(crop)])],
+                                           *([] if crop is None else ["--crop", str(crop)]), *shlex.split(variant)],
                                           capture_output=True, text=True)
                     if done.returncode:
                         raise SystemExit(f"edgeseg adapt failed ({done.returncode}): {done.stdout[-2000:]}{done.stderr[-2000:]}")
@@ -182,14 +194,15 @@ def main() -> int:
                        "peak_rss_gib": m["peak_rss_gib"], "threads": m["threads"],
                        "steps": m["steps"], "kept_step": m["kept_step"], "stopped": m["stopped"],
                        "heldout_dice": (m.get("heldout") or {}).get("dice"), "dice": round(sum(dice) / len(dice), 4),
-                       "dice_per_case": dice, "lr": m["config"]["lr"], "crop": m["config"]["crop"]}
+                       "dice_per_case": dice, "lr": m["config"]["lr"], "crop": m["config"]["crop"],
+                       "variant": variant or None}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     result = {"kind": "adapt_recipe", "machine": machine_tag(), "host": host_description(),
               "checkpoint": {"path": portable_path(ckpt), "sha256": sha256_file(ckpt),
                              "weights": "shipped stand-in" if args.feature_size == 12 else "seeded random (no offline weights)"},
-              "command": "python benchmarks/adapt_recipe.py " + " ".join(sys.argv[1:]),
-              "data": {"support_seed": DEMO_DATA_SEED, "heldout_seed": DEMO_DATA_SEED + 1000, "domain": "target",
+              "command": "python benchmarks/adapt_recipe.py " + shlex.join(sys.argv[1:]),
+              "data": {"support_seed": data_seed, "heldout_seed": data_seed + 1000, "domain": "target",
                        "heldout": [p.name for p in heldout]},
               "rows": rows}
     name = args.name or ("adapt_recipe" if args.feature_size == 12 else f"adapt_recipe_fs{args.feature_size}")
