@@ -51,6 +51,7 @@ from edgeseg.features.regions import support_regions
 from edgeseg.features.writer import CacheConfig
 from edgeseg.runtime.atomic import atomic_path, refuse_link, write_small_text, write_text_atomic
 from edgeseg.runtime.errors import InputError
+from edgeseg.paper_claims import check_claims, check_goals, render_claims
 
 METHODS: tuple[str, ...] = (
     "generalization", "scratch", "ft", "ft-last", "lp", "spatial", "decoder-block", "decoder-block+ti",
@@ -406,8 +407,12 @@ def plan_runs(config: FewshotConfig, presence: dict[str, list[str]]) -> list[dic
 
 
 def run_protocol(checkpoint: str | Path, out: str | Path, config: FewshotConfig = FewshotConfig(), *,
-                 progress: Callable[[str, int, int], None] | None = None, log: Callable[[str], None] = lambda m: None) -> dict:
-    """Run (or resume) the protocol into `out`; returns the summary (also written as results.json, table.md, plot)."""
+                 progress: Callable[[str, int, int], None] | None = None, log: Callable[[str], None] = lambda m: None,
+                 report_only: bool = False) -> dict:
+    """Run (or resume) the protocol into `out`; returns the summary (also written as results.json, table.md, plot).
+
+    `report_only`: run nothing, summarise the runs finished so far (the protocol spans sessions on a CPU);
+    the summary says how many of the planned runs it holds (`complete`, `runs_planned`)."""
     import torch
 
     from edgeseg.model.checkpoint import load_checkpoint, sha256_file
@@ -417,6 +422,9 @@ def run_protocol(checkpoint: str | Path, out: str | Path, config: FewshotConfig 
     if config.threads:
         torch.set_num_threads(config.threads)
     out = Path(out)
+    if report_only and not (out / RUNS_NAME).is_file():
+        raise InputError(f"has no {RUNS_NAME}: no run has finished there yet, so there is nothing to report",
+                         path=out, fix="run `edgeseg fewshot` into it first (without --report)")
     out.mkdir(parents=True, exist_ok=True)
     pretrained, spec, _ = load_checkpoint(checkpoint, need_head=True)
     from edgeseg.runtime.manifest import portable_path
@@ -446,7 +454,7 @@ def run_protocol(checkpoint: str | Path, out: str | Path, config: FewshotConfig 
     log(f"{len(plan)} runs planned, {sum(p['key'] in done for p in plan)} already done")
     generalization: dict[str, dict] = {}
     for i, item in enumerate(plan):
-        if item["key"] not in done:
+        if item["key"] not in done and not report_only:
             gkey = item["organ"]
             if item["method"] == "generalization" and gkey in generalization:
                 result = generalization[gkey]  # independent of K and seed: computed once per organ
@@ -465,7 +473,10 @@ def run_protocol(checkpoint: str | Path, out: str | Path, config: FewshotConfig 
             done[item["key"]] = rec
         if progress:
             progress("runs", i + 1, len(plan))
-    summary = summarise(config, [done[p["key"]] for p in plan], spec, ckpt)
+    summary = summarise(config, [done[p["key"]] for p in plan if p["key"] in done], spec, ckpt)
+    summary["runs_planned"] = len(plan)
+    summary["complete"] = summary["runs"] == len(plan)
+    summary["claims"], summary["goals"] = check_claims(summary), check_goals(summary)
     summary["wall_seconds_this_invocation"] = round(time.perf_counter() - t0, 1)
     summary["host"] = host_description()
     summary["torch"] = torch.__version__
@@ -531,15 +542,22 @@ def render_table(summary: dict) -> str:
         f"{cfg['seeds']}; `*` marks setting B, structures never labelled in pretraining (`generalization` has no "
         "channel for them); the others are setting A, organs of the pretraining on another scanner.",
         "Adapters: `edgeseg adapt`'s defaults: " + "; ".join(
-            f"{k} {v['steps']} steps at lr {v['lr']:g}" for k, v in ad.items())
-        + f"; crops of {ad['decoder-block']['crop']}^3 feature voxels, batch {ad['decoder-block']['batch_size']}, "
-        "half organ-centred, a quarter on the organ's neighbours, a quarter in negative windows; with K >= 5 one "
-        "support is left out to pick the kept state. Scratch and FT (when run): "
+            f"{k} {v['steps']} steps at lr {v['lr']:g} on {v['crop']}^3 crops" for k, v in ad.items())
+        + f" (feature voxels), batch {ad['decoder-block']['batch_size']}, half organ-centred, a quarter on the "
+        "organ's neighbours, a quarter in negative windows; with K >= 5 one support is left out to pick the kept "
+        "state. Scratch and FT (when run): "
         f"{cfg['model_steps']} steps of {cfg['batch_size']} crops of {cfg['model_crop']}^3 image voxels, lr {cfg['model_lr']}.",
         "params: trainable parameters; peak RSS +GiB: the largest rise of resident memory during one run (features "
         "are memory-mapped); s/run: training and query inference.",
         f"Total run time: {summary['run_seconds_total'] / 60:.1f} min of runs (features excluded).",
     ]
+    if "claims" in summary:
+        notes += render_claims(summary["claims"], summary["goals"])
+    if not summary.get("complete", True):
+        notes.append("")
+        notes.append(f"**Partial: {summary['runs']} of the {summary['runs_planned']} planned runs have finished**; "
+                     "a cell averages the seeds it has (`n_seeds` in results.json). `edgeseg fewshot` with the same "
+                     "--out resumes the rest.")
     return "\n".join(lines + notes) + "\n"
 
 

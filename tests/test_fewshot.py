@@ -3,6 +3,7 @@ trainable parameters match its definition, finished runs are resumed and torn li
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -252,3 +253,15 @@ def test_one_small_protocol_end_to_end_writes_results_with_relative_paths(tmp_pa
     recs = {(r["organ"], r["method"]): r for r in summary["records"]}
     assert recs[("liver", "lp")]["steps_run"] == 4 and recs[("inferior_vena_cava", "generalization")].get("skipped")
     assert "/" not in json.dumps(summary["checkpoint"]) and (tmp_path / "fs" / "table.md").exists()
+    assert summary["complete"] and summary["runs_planned"] == summary["runs"] == 6
+
+    # --report: a wider plan summarised from the runs finished so far, running nothing, and saying so
+    lines = (tmp_path / "fs" / "runs.jsonl").read_text()
+    wider = dataclasses.replace(config, ks=(1, 2))
+    partial = run_protocol(ckpt, tmp_path / "fs", wider, report_only=True)
+    assert (tmp_path / "fs" / "runs.jsonl").read_text() == lines  # nothing ran
+    assert not partial["complete"] and (partial["runs"], partial["runs_planned"]) == (6, 12)
+    assert set(partial["table"]["lp"]) == {"1"}
+    assert "Partial: 6 of the 12 planned runs" in (tmp_path / "fs" / "table.md").read_text()
+    with pytest.raises(InputError, match="no run has finished there yet"):
+        run_protocol(ckpt, tmp_path / "empty", config, report_only=True)

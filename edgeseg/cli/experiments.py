@@ -90,6 +90,8 @@ def fewshot(
     n_query: int = typer.Option(5, "--n-query", min=1, help="Query scans per organ (the same for every run)."),
     model_steps: int = typer.Option(300, "--model-steps", min=1, help="Steps for scratch and ft (adapters use `edgeseg adapt`'s defaults)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1),
+    report: bool = typer.Option(False, "--report", help="Run nothing: summarise the runs finished so far in --out "
+                                "(results.json and table.md say how many of the planned runs they hold)."),
     as_json: bool = JSON_OPT,
 ) -> None:
     """The paper's few-shot protocol on target-domain phantoms: DSC per method, K and organ (resumable)."""
@@ -112,7 +114,8 @@ def fewshot(
                     tasks[stage] = bar.add_task(stage, total=total)
                 bar.update(tasks[stage], completed=done)
 
-            summary = run_protocol(checkpoint_path or DEFAULT_MODEL, out, config, progress=progress, log=printer(con))
+            summary = run_protocol(checkpoint_path or DEFAULT_MODEL, out, config, progress=progress, log=printer(con),
+                                   report_only=report)
 
         def text() -> None:
             con.print((out / "table.md").read_text(), highlight=False, markup=False)

@@ -9,9 +9,9 @@ the steps, then cosine to 0; Dice + BCE; batches of crops centred on an organ vo
 non-organ voxel of the organ's own region, i.e. its neighbours inside the body (a quarter), or in a
 negative window inside the body (a quarter). With K >= 5 supports one support is left out and the
 adapter's Dice on it, every `eval_every` steps, picks the state that is kept and stops training when it
-no longer improves (`patience`, never before half the steps); `max_minutes` stops at the best state so far and says so. With
-`ti=True` the transductive size prior (the poster's band on the query's predicted organ volume, in mL)
-takes a separate optimiser step every `ti_every` steps after `ti_warmup` steps.
+no longer improves (`patience`, never before half the steps); `max_minutes` stops at the best state so
+far and says so. With `ti=True` the transductive size prior (the poster's band on the query's predicted
+organ volume, in mL) takes a separate optimiser step every `ti_every` steps after `ti_warmup` steps.
 """
 
 from __future__ import annotations
