@@ -195,36 +195,30 @@ def test_k_of_five_leaves_one_support_out_and_keeps_the_best_held_out_state():
     assert best["dice"] > 0.8 and curve[0]["dice"] < best["dice"]
 
 
-def test_held_out_dice_stops_training_after_patience_and_max_minutes_stops_at_once():
+def _fit_probe_with_holdout(**settings) -> dict:
+    """A 1x1x1 probe trained on five synthetic supports, one of them left out."""
     import torch
 
     from edgeseg.train.adapt import CropSampler, fit_adapter, split_holdout
 
-    entries = _synthetic_entries(5)
-    cfg = AdaptConfig(adapter="lp", steps=400, lr=5e-2, crop=16, eval_every=10, patience=2, seed=0).resolved(12)
-    train, held = split_holdout(entries, cfg)
+    cfg = AdaptConfig(adapter="lp", crop=16, seed=0, **settings).resolved(12)
+    train, held = split_holdout(_synthetic_entries(5), cfg)
     torch.manual_seed(0)
-    fit = fit_adapter(torch.nn.Conv3d(4, 1, 1), CropSampler(train, 16, np.random.default_rng(0), 1), cfg, heldout=held)
+    return fit_adapter(torch.nn.Conv3d(4, 1, 1), CropSampler(train, 16, np.random.default_rng(0), 1), cfg, heldout=held)
+
+
+def test_held_out_dice_stops_training_after_patience_and_max_minutes_stops_at_once():
+    fit = _fit_probe_with_holdout(steps=400, lr=5e-2, eval_every=10, patience=2)
     assert fit["steps_run"] < 400 and fit["stopped"].startswith("held-out Dice not better for 2 evaluations")
     assert fit["steps_run"] == max(fit["kept_step"] + 2 * 10, 200)  # never before half the budget
-    quick = AdaptConfig(adapter="lp", steps=400, lr=5e-2, crop=16, max_minutes=1e-9, seed=0).resolved(12)
-    fit = fit_adapter(torch.nn.Conv3d(4, 1, 1), CropSampler(train, 16, np.random.default_rng(0), 1), quick,
-                      heldout=held)
+    fit = _fit_probe_with_holdout(steps=400, lr=5e-2, max_minutes=1e-9)
     assert fit["steps_run"] == 1 and "--max-minutes" in fit["stopped"] and "kept the best held-out state" in fit["stopped"]
 
 
 def test_early_stopping_waits_for_half_the_budget_when_nothing_has_been_learned_yet():
     # the esophagus scored 0 on its left-out support for the first evaluations; stopping after `patience`
     # of them kept an untrained adapter (adapt_tune_novel.json: 0.0 held-out, 0.0 on every held-out phantom)
-    import torch
-
-    from edgeseg.train.adapt import CropSampler, fit_adapter, split_holdout
-
-    entries = _synthetic_entries(5)
-    cfg = AdaptConfig(adapter="lp", steps=100, lr=1e-12, crop=16, eval_every=10, patience=2, seed=0).resolved(12)
-    train, held = split_holdout(entries, cfg)
-    torch.manual_seed(0)
-    fit = fit_adapter(torch.nn.Conv3d(4, 1, 1), CropSampler(train, 16, np.random.default_rng(0), 1), cfg, heldout=held)
+    fit = _fit_probe_with_holdout(steps=100, lr=1e-12, eval_every=10, patience=2)
     assert len({e["dice"] for e in fit["heldout"]}) == 1  # nothing learned: a flat held-out curve
     assert fit["kept_step"] == 10 and fit["steps_run"] == 50 and "best at step 10" in fit["stopped"]
 
