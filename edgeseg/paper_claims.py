@@ -39,9 +39,10 @@ GOALS: tuple[tuple[str, float], ...] = (("A", 0.85), ("B", 0.70))
 
 
 def _mean(summary: dict, method: str, k: int, organs: list[str]) -> tuple[float, int] | None:
-    """Mean DSC of `method` at `k` over `organs` and the fewest seeds behind it; None if a cell is missing."""
+    """Mean DSC of `method` at `k` over `organs` and the fewest seeds behind it; None if a cell is missing
+    (or the setting has no organ)."""
     cell = summary["table"].get(method, {}).get(str(k))
-    if cell is None or any(o not in cell["organs"] for o in organs):
+    if not organs or cell is None or any(o not in cell["organs"] for o in organs):
         return None
     return (round(float(np.mean([cell["organs"][o]["mean"] for o in organs])), 4),
             min(cell["organs"][o]["n_seeds"] for o in organs))
@@ -59,8 +60,8 @@ def check_claims(summary: dict) -> list[dict]:
             if claim.against == "generalization" and setting == "B":
                 continue  # the head has no channel for a never-labelled structure
             entry = {"claim": claim.text, "setting": setting, "k": claim.k, "organs": organs, "poster": claim.poster}
-            base = _mean(summary, claim.against, claim.k, organs) if organs else None
-            means = {m: _mean(summary, m, claim.k, organs) for m in claim.methods} if organs else {}
+            base = _mean(summary, claim.against, claim.k, organs)
+            means = {m: _mean(summary, m, claim.k, organs) for m in claim.methods}
             if base is None or any(v is None for v in means.values()):
                 out.append({**entry, "status": "not measured"})
                 continue
@@ -79,7 +80,7 @@ def check_goals(summary: dict) -> list[dict]:
     out = []
     organs = setting_organs(summary)
     for setting, target in GOALS:
-        got = _mean(summary, "decoder-block", 5, organs[setting]) if organs[setting] else None
+        got = _mean(summary, "decoder-block", 5, organs[setting])
         entry = {"goal": f"decoder block at K = 5, mean DSC >= {target:.2f}", "setting": setting,
                  "organs": organs[setting], "target": target}
         if got is None:
